@@ -1,0 +1,277 @@
+"""utils.arc_score on hand-made datasets and predictions whose scores are known in advance."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from dataset.common import dihedral_transform
+from utils import arc_score
+from utils.arc_score import crop_grids, load_predictions, parse_name, score, submission
+
+PERM = "0214365879"  # colour c becomes int(PERM[c])
+
+
+def encode(grid) -> np.ndarray:
+    """A grid as the ARC builder stores it: colours + 2 at the top-left, markers after it."""
+    grid = np.asarray(grid, dtype=np.uint8)
+    h, w = grid.shape
+    canvas = np.zeros((30, 30), dtype=np.uint8)
+    canvas[:h, :w] = grid + 2
+    if h < 30:
+        canvas[h, :w] = 1
+    if w < 30:
+        canvas[:h, w] = 1
+    return canvas.reshape(-1)
+
+
+def augment(grid, dihedral: int, perm: str) -> np.ndarray:
+    colours = np.array([int(d) for d in perm], dtype=np.uint8)
+    return dihedral_transform(colours[np.asarray(grid, dtype=np.uint8)], dihedral)
+
+
+def write_split(folder, puzzles, identifiers):
+    """puzzles: name -> list of (input grid, output grid), one puzzle per name, one group each."""
+    os.makedirs(folder, exist_ok=True)
+    inputs, labels, puzzle_ids, puzzle_indices = [], [], [], [0]
+    for name, examples in puzzles.items():
+        for inp, out in examples:
+            inputs.append(encode(inp))
+            labels.append(encode(out))
+        puzzle_ids.append(identifiers.index(name))
+        puzzle_indices.append(len(inputs))
+    arrays = {
+        "inputs": np.stack(inputs), "labels": np.stack(labels),
+        "puzzle_identifiers": np.array(puzzle_ids, dtype=np.int32),
+        "puzzle_indices": np.array(puzzle_indices, dtype=np.int32),
+        "group_indices": np.arange(len(puzzles) + 1, dtype=np.int32),
+    }
+    for key, value in arrays.items():
+        np.save(os.path.join(folder, f"all__{key}.npy"), value)
+    metadata = dict(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=12, seq_len=900,
+                    num_puzzle_identifiers=len(identifiers), total_groups=len(puzzles),
+                    mean_puzzle_examples=len(inputs) / len(puzzles), sets=["all"])
+    with open(os.path.join(folder, "dataset.json"), "w") as f:
+        json.dump(metadata, f)
+
+
+def write_dataset(root, test_puzzles, train_puzzles=None):
+    train_puzzles = train_puzzles or {name: examples[:1] for name, examples in test_puzzles.items()}
+    identifiers = ["<blank>"] + sorted(set(test_puzzles) | set(train_puzzles))
+    with open(os.path.join(root, "identifiers.json"), "w") as f:
+        json.dump(identifiers, f)
+    write_split(os.path.join(root, "train"), train_puzzles, identifiers)
+    write_split(os.path.join(root, "test"), test_puzzles, identifiers)
+    return identifiers
+
+
+def write_preds(path, identifiers, rows):
+    """rows: (puzzle name, input grid as stored, predicted tokens, q_halt logit)."""
+    torch.save({
+        "inputs": torch.tensor(np.stack([encode(r[1]) for r in rows]), dtype=torch.int32),
+        "labels": torch.full((len(rows), 900), -100, dtype=torch.int32),
+        "puzzle_identifiers": torch.tensor([identifiers.index(r[0]) for r in rows], dtype=torch.int32),
+        "preds": torch.tensor(np.stack([r[2] for r in rows]), dtype=torch.int64),
+        "q_halt_logits": torch.tensor([r[3] for r in rows], dtype=torch.float32),
+    }, path)
+
+
+# Task "rot": two test inputs; task "one": one test input.
+ROT_IN = [[[1, 2, 0], [0, 3, 0]], [[5, 5], [6, 0], [0, 7]]]
+ROT_OUT = [[[2, 1], [0, 0], [3, 0]], [[9]]]
+ONE_IN, ONE_OUT = [[4, 4, 4]], [[8], [8]]
+WRONG = [[1]]
+
+
+def aug_name(task, dihedral, perm=PERM):
+    return f"{task}_t{dihedral}_{perm}"
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """Each task as given plus copies under dihedral 1 (rot90) and 6 (transpose) with colours PERM."""
+    test = {}
+    for task, ins, outs in (("rot", ROT_IN, ROT_OUT), ("one", [ONE_IN], [ONE_OUT])):
+        test[task] = list(zip(ins, outs))
+        for t in (1, 6):
+            test[aug_name(task, t)] = [(augment(i, t, PERM), augment(o, t, PERM)) for i, o in zip(ins, outs)]
+    root = tmp_path / "data"
+    root.mkdir()
+    return str(root), write_dataset(str(root), test)
+
+
+def aug_row(task, t, inp, pred_grid, q):
+    """A prediction row of the copy (task, t) whose un-augmented answer is `pred_grid`."""
+    name = task if t == 0 else aug_name(task, t)
+    if t == 0:
+        return (name, inp, encode(pred_grid), q)
+    return (name, augment(inp, t, PERM), encode(augment(pred_grid, t, PERM)), q)
+
+
+def test_parse_name_inverts_the_colour_permutation():
+    parsed = parse_name("007bbfb7_t3_0918273645")
+    assert parsed.task == "007bbfb7" and parsed.dihedral == 3
+    colours = np.array([0, 9, 1, 8, 2, 7, 3, 6, 4, 5])
+    assert (parsed.inverse_colours[colours] == np.arange(10)).all()
+    assert parse_name("007bbfb7") == arc_score.PuzzleName(task="007bbfb7")
+    # Underscores inside a task name stay part of it.
+    assert parse_name("Copy_1_t0_0123456789").task == "Copy_1"
+    with pytest.raises(ValueError, match="not a permutation"):
+        parse_name("x_t1_0123456788")
+
+
+def test_crop_at_markers_and_uncroppable_rows():
+    grid = np.array([[3, 0, 9], [1, 1, 2]])
+    tokens = np.stack([encode(grid), np.zeros(900), np.ones(900), np.full(900, 11)])
+    shifted = encode(grid).reshape(30, 30).copy()
+    shifted[0, 0] = 1  # starts with a marker: nothing to crop
+    cropped = crop_grids(np.concatenate([tokens, shifted.reshape(1, 900)]))
+    assert np.array_equal(cropped[0], grid)
+    assert cropped[1] is None and cropped[2] is None and cropped[4] is None
+    assert cropped[3].shape == (30, 30) and (cropped[3] == 9).all()
+    # A ragged prediction is cut to the largest top-left rectangle of colours.
+    ragged = encode(np.full((3, 4), 2)).reshape(30, 30).copy()
+    ragged[2, 1] = 0  # row widths 4, 4, 1: areas 4, 8, 3
+    assert crop_grids(ragged.reshape(1, 900))[0].shape == (2, 4)
+
+
+def test_correct_prediction_of_rotated_recoloured_copy_counts(dataset, tmp_path):
+    root, ids = dataset
+    # Only the rot90 copy of each test input is predicted, and correctly.
+    rows = [aug_row("rot", 1, ROT_IN[0], ROT_OUT[0], 0.0), aug_row("rot", 1, ROT_IN[1], ROT_OUT[1], 0.0),
+            aug_row("one", 6, ONE_IN, ONE_OUT, 0.0)]
+    write_preds(tmp_path / "step_5_all_preds.0", ids, rows)
+    results = score(load_predictions([str(tmp_path / "step_5_all_preds.0")]), root)
+    assert results.pass_at == {1: 1.0, 2: 1.0, 5: 1.0, 10: 1.0, 100: 1.0, 1000: 1.0}
+    rot = results.tasks["rot"]
+    assert [t.index for t in rot.test_inputs] == [0, 1]
+    assert np.array_equal(rot.test_inputs[0].input, np.array(ROT_IN[0]))
+    assert np.array_equal(rot.test_inputs[1].candidates[0].grid, np.array(ROT_OUT[1]))
+    # The same answer left in the augmented frame is wrong once un-augmented.
+    wrong = [("rot_t1_" + PERM, augment(ROT_IN[0], 1, PERM), encode(ROT_OUT[0]), 0.0)]
+    write_preds(tmp_path / "wrong", ids, wrong)
+    assert score(load_predictions([str(tmp_path / "wrong")]), root).tasks["rot"].test_inputs[0].correct_rank is None
+
+
+def test_votes_then_mean_q_then_first_seen(dataset, tmp_path):
+    root, ids = dataset
+    a, b, c = [[1, 1]], [[2, 2]], [[3, 3]]
+    rows = [
+        # test input 0 of "rot": b gets 2 votes, the answer 1 vote with a high q.
+        aug_row("rot", 0, ROT_IN[0], b, -3.0), aug_row("rot", 1, ROT_IN[0], ROT_OUT[0], 9.0),
+        aug_row("rot", 6, ROT_IN[0], b, -3.0),
+        # test input 1: one vote each; ranked by sigmoid(q), a < answer < c.
+        aug_row("rot", 0, ROT_IN[1], a, -1.0), aug_row("rot", 1, ROT_IN[1], ROT_OUT[1], 0.0),
+        aug_row("rot", 6, ROT_IN[1], c, 1.0),
+        # "one": exact tie (one vote, same q): the grid predicted first ranks first.
+        aug_row("one", 1, ONE_IN, a, 0.5), aug_row("one", 0, ONE_IN, ONE_OUT, 0.5),
+    ]
+    write_preds(tmp_path / "p", ids, rows)
+    results = score(load_predictions([str(tmp_path / "p")]), root)
+    first, second = results.tasks["rot"].test_inputs
+    assert [c.votes for c in first.candidates] == [2, 1]
+    assert np.array_equal(first.candidates[0].grid, np.array(b)) and first.correct_rank == 2
+    assert first.candidates[1].mean_q == pytest.approx(1 / (1 + np.exp(-9.0)))
+    assert [c.grid.tolist() for c in second.candidates] == [c, ROT_OUT[1], a]
+    assert second.correct_rank == 2
+    assert results.tasks["one"].test_inputs[0].correct_rank == 2
+    # "rot" needs both inputs within K (ranks 2 and 2), "one" has its answer at rank 2.
+    assert results.pass_at[1] == 0.0 and results.pass_at[2] == 1.0
+
+
+def test_pass_at_k_boundaries(tmp_path):
+    """A task whose worst test input has its answer at rank r is solved exactly for K >= r."""
+    ranks = {"r1": 1, "r2": 2, "r5": 5, "r6": 6, "r10": 10, "r11": 11}
+    inp, out = [[1]], [[0]]
+    root = tmp_path / "data"
+    root.mkdir()
+    ids = write_dataset(str(root), {task: [(inp, out)] for task in ranks})
+    rows = []
+    for task, rank in ranks.items():
+        # rank - 1 wrong grids with 2 votes each, then the answer with 1 vote.
+        for wrong in range(rank - 1):
+            rows += [(task, inp, encode([[5] * (wrong + 2)]), 0.0)] * 2
+        rows.append((task, inp, encode(out), 0.0))
+    write_preds(tmp_path / "p", ids, rows)
+    results = score(load_predictions([str(tmp_path / "p")]), str(root))
+    assert {t: r.test_inputs[0].correct_rank for t, r in results.tasks.items()} == ranks
+    assert results.pass_at == {1: 1 / 6, 2: 2 / 6, 5: 3 / 6, 10: 5 / 6, 100: 1.0, 1000: 1.0}
+    assert "pass@10: 0.8333 (5/6)" in results.summary()
+
+
+def test_uncroppable_predictions_are_wrong(dataset, tmp_path):
+    root, ids = dataset
+    empty, marker_first = np.zeros(900, dtype=np.int64), np.ones(900, dtype=np.int64)
+    rows = [("one", ONE_IN, empty, 5.0), ("one", ONE_IN, marker_first, 5.0),
+            ("rot", ROT_IN[0], encode(ROT_OUT[0]), 0.0), ("rot", ROT_IN[1], empty, 0.0)]
+    write_preds(tmp_path / "p", ids, rows)
+    results = score(load_predictions([str(tmp_path / "p")]), root)
+    one = results.tasks["one"].test_inputs[0]
+    assert one.candidates == [] and one.num_uncroppable == 2 and one.correct_rank is None
+    assert results.tasks["rot"].test_inputs[1].num_uncroppable == 1
+    assert results.pass_at[1000] == 0.0
+    assert submission(results)["one"] == [{"attempt_1": [[0]], "attempt_2": [[0]]}]
+
+
+def test_submission_content(dataset, tmp_path):
+    root, ids = dataset
+    rows = [aug_row("rot", 0, ROT_IN[0], [[1]], 0.0), aug_row("rot", 1, ROT_IN[0], [[1]], 0.0),
+            aug_row("rot", 6, ROT_IN[0], [[2, 3]], 0.0),
+            aug_row("rot", 1, ROT_IN[1], ROT_OUT[1], 0.0),
+            aug_row("one", 6, ONE_IN, ONE_OUT, 0.0)]
+    write_preds(tmp_path / "step_7_all_preds.0", ids, rows)
+    out = tmp_path / "submission.json"
+    arc_score.main([str(tmp_path), "--dataset", root, "--submission", str(out)])
+    assert json.loads(out.read_text()) == {
+        "one": [{"attempt_1": ONE_OUT, "attempt_2": ONE_OUT}],
+        "rot": [{"attempt_1": [[1]], "attempt_2": [[2, 3]]},
+                {"attempt_1": ROT_OUT[1], "attempt_2": ROT_OUT[1]}],
+    }
+
+
+def test_ranks_interleaved_newest_step_blank_rows_and_logits(dataset, tmp_path, capsys):
+    root, ids = dataset
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    good = [aug_row("rot", 6, ROT_IN[1], ROT_OUT[1], 0.0), aug_row("one", 1, ONE_IN, ONE_OUT, 0.0)]
+    good2 = [aug_row("rot", 0, ROT_IN[0], ROT_OUT[0], 0.0)]
+    write_preds(ckpt / "step_20_all_preds.0", ids, good)
+    write_preds(ckpt / "step_20_all_preds.1", ids, good2)
+    # An older step that is all wrong must be ignored.
+    write_preds(ckpt / "step_3_all_preds.0", ids, [aug_row("one", 0, ONE_IN, WRONG, 0.0)])
+    # Rank 1 also carries a padding row (blank identifier) and stores logits instead of preds.
+    data = torch.load(ckpt / "step_20_all_preds.1")
+    logits = torch.nn.functional.one_hot(data.pop("preds"), 12).float()
+    data["logits"] = torch.cat([logits, torch.zeros(1, 900, 12)])
+    for key, pad in (("inputs", 0), ("labels", -100), ("puzzle_identifiers", 0), ("q_halt_logits", 0)):
+        data[key] = torch.cat([data[key], torch.full_like(data[key][:1], pad)])
+    torch.save(data, ckpt / "step_20_all_preds.1")
+
+    preds = load_predictions([str(ckpt)])
+    assert [os.path.basename(f) for f in preds.files] == ["step_20_all_preds.0", "step_20_all_preds.1"]
+    assert len(preds.puzzle_identifiers) == 3
+    output = tmp_path / "results.json"
+    arc_score.main([str(ckpt), "--dataset", root, "--output", str(output)])
+    assert "pass@1: 1.0000 (2/2)" in capsys.readouterr().out
+    saved = json.loads(output.read_text())
+    assert saved["pass_at"]["1"] == 1.0 and saved["num_predictions"] == 3
+    assert saved["tasks"]["rot"]["test_inputs"][1]["top"][0] == {"grid": ROT_OUT[1], "votes": 1, "mean_q": 0.5}
+    assert saved["tasks"]["one"]["solved_at"]["2"] is True
+
+
+def test_user_errors_say_what_to_do(dataset, tmp_path):
+    root, ids = dataset
+    with pytest.raises(FileNotFoundError, match="run `python evaluate.py"):
+        load_predictions([str(tmp_path)])
+    # Identifier 20 of another, larger dataset does not exist in this one.
+    other_ids = ["<blank>"] + [f"task{i}" for i in range(20)]
+    write_preds(tmp_path / "p", other_ids, [("task19", [[1]], encode([[2]]), 0.0)])
+    with pytest.raises(ValueError, match="absent from this dataset's test split"):
+        score(load_predictions([str(tmp_path / "p")]), root)
+    write_preds(tmp_path / "q", ids, [("one", [[7, 7]], encode([[2]]), 0.0)])
+    with pytest.raises(ValueError, match="match no test example"):
+        score(load_predictions([str(tmp_path / "q")]), root)
+    with pytest.raises(FileNotFoundError, match="build_arc_dataset.py"):
+        score(load_predictions([str(tmp_path / "q")]), str(tmp_path))

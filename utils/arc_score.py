@@ -1,0 +1,441 @@
+"""Score ARC predictions written by `evaluate.py`: crop, un-augment, vote, pass@K, submission.
+
+Command line:
+
+    python -m utils.arc_score CHECKPOINT_DIR_OR_PRED_FILES... --dataset data/arc-aug-1000 \
+        [--output results.json] [--submission submission.json]
+
+Python:
+
+    preds = load_predictions(["checkpoints/.../run"])
+    results = score(preds, "data/arc-aug-1000")
+    print(results.summary())
+    write_submission(results, "submission.json")
+
+Every test example of every augmented copy of a task is one vote for the grid it predicts, once
+that grid is cropped at its end-of-grid markers and mapped back through the inverse colour
+permutation and inverse dihedral transform named in the puzzle's name. Per test input the
+distinct grids are ranked by (votes, mean sigmoid(q_halt)); a task is solved at K when the true
+output of each of its test inputs is among its top K grids.
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from dataset.common import inverse_dihedral_transform
+
+PASS_AT_K = (1, 2, 5, 10, 100, 1000)
+
+GRID_SIZE = 30
+# Token ids of the ARC builder: 0 PAD, 1 end-of-grid marker, colour c stored as c + 2.
+COLOUR_OFFSET = 2
+NUM_COLOURS = 10
+BLANK_IDENTIFIER = 0
+
+# `<task>_t<dihedral id>_<colour permutation, 10 digits>`; the digit at position c is the colour
+# that original colour c became.
+AUGMENTED_NAME = re.compile(r"^(?P<task>.+)_t(?P<dihedral>[0-7])_(?P<perm>[0-9]{10})$")
+PREDICTION_FILE = re.compile(r"^step_(?P<step>\d+)_all_preds\.(?P<rank>\d+)$")
+
+
+# ----------------------------------------------------------------------------------------------
+# Grids: crop and un-augment
+
+
+def crop_grids(tokens: np.ndarray) -> List[Optional[np.ndarray]]:
+    """Crop each row of `tokens` ([N, 900] token ids) to its grid of colours 0..9.
+
+    The grid is the largest-area top-left rectangle holding colour tokens only (the original's
+    rule: it ends where the end-of-grid marker or padding starts). A row whose top-left cell is
+    not a colour has no grid and gives None. A full canvas of colours is a 30x30 grid, which
+    ARC allows.
+    """
+    canvas = np.asarray(tokens).reshape(-1, GRID_SIZE, GRID_SIZE)
+    is_colour = (canvas >= COLOUR_OFFSET) & (canvas < COLOUR_OFFSET + NUM_COLOURS)
+    # Length of the colour run at the start of each row, then the width usable by the rectangle
+    # made of rows 0..r (a running minimum over rows).
+    starts_with_gap = ~is_colour
+    run = np.where(starts_with_gap.any(-1), starts_with_gap.argmax(-1), GRID_SIZE)
+    width = np.minimum.accumulate(run, axis=1)
+    area = width * np.arange(1, GRID_SIZE + 1)
+    best_rows = area.argmax(-1)  # first maximum, as the original's strict ">" scan
+    best_widths = width[np.arange(len(canvas)), best_rows]
+    return [(grid[: r + 1, :w] - COLOUR_OFFSET).astype(np.uint8) if w > 0 else None
+            for grid, r, w in zip(canvas, best_rows.tolist(), best_widths.tolist())]
+
+
+@dataclass(frozen=True)
+class PuzzleName:
+    """A puzzle name split into its original task and the augmentation applied to it."""
+
+    task: str
+    dihedral: int = 0
+    # inverse_colours[c] is the original colour of augmented colour c.
+    inverse_colours: Optional[np.ndarray] = None
+
+    def undo(self, grid: np.ndarray) -> np.ndarray:
+        """Map a grid of the augmented puzzle back to the original task's frame and colours."""
+        if self.inverse_colours is not None:
+            grid = self.inverse_colours[grid]
+        return np.ascontiguousarray(inverse_dihedral_transform(grid, self.dihedral))
+
+
+def parse_name(name: str) -> PuzzleName:
+    """Split `<task>_t<k>_<digits>` into task, dihedral id and inverse colour map; else task only."""
+    match = AUGMENTED_NAME.match(name)
+    if match is None:
+        return PuzzleName(task=name)
+    colours = np.array([int(d) for d in match["perm"]], dtype=np.uint8)
+    if sorted(colours.tolist()) != list(range(NUM_COLOURS)):
+        raise ValueError(f"puzzle name {name!r}: {match['perm']} is not a permutation of the 10 colours")
+    return PuzzleName(task=match["task"], dihedral=int(match["dihedral"]),
+                      inverse_colours=np.argsort(colours).astype(np.uint8))
+
+
+def grid_to_list(grid: np.ndarray) -> List[List[int]]:
+    return [[int(v) for v in row] for row in grid]
+
+
+# ----------------------------------------------------------------------------------------------
+# Prediction files
+
+
+@dataclass
+class Predictions:
+    """Rows of the test split as evaluated; one row per test example (any order, any rank)."""
+
+    inputs: np.ndarray  # uint8 [N, 900] token ids
+    puzzle_identifiers: np.ndarray  # int64 [N]
+    preds: np.ndarray  # uint8 [N, 900] token ids (argmax of the logits)
+    q_halt_logits: np.ndarray  # float32 [N]
+    files: List[str] = field(default_factory=list)
+
+
+def find_prediction_files(path: str) -> List[str]:
+    """A file is taken as is; a folder gives its newest `step_<N>_all_preds.<rank>` set."""
+    if os.path.isfile(path):
+        return [path]
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such file or folder; give a checkpoint folder or "
+                                "`step_<N>_all_preds.<rank>` files written by evaluate.py")
+    by_step: Dict[int, List[Tuple[int, str]]] = {}
+    for entry in os.listdir(path):
+        match = PREDICTION_FILE.match(entry)
+        if match:
+            by_step.setdefault(int(match["step"]), []).append((int(match["rank"]), os.path.join(path, entry)))
+    if not by_step:
+        raise FileNotFoundError(f"{path} holds no `step_<N>_all_preds.<rank>` files; run "
+                                f"`python evaluate.py checkpoint=<checkpoint in {path}>` first")
+    return [file for _, file in sorted(by_step[max(by_step)])]
+
+
+def _load_file(file: str) -> Dict[str, np.ndarray]:
+    import torch  # only needed here; the rest of the module is numpy
+
+    data = torch.load(file, map_location="cpu", weights_only=True)
+    if not isinstance(data, dict):
+        raise ValueError(f"{file}: expected a dict of tensors as written by evaluate.py, got {type(data).__name__}")
+    missing = [k for k in ("inputs", "puzzle_identifiers", "q_halt_logits") if k not in data]
+    if "preds" not in data and "logits" not in data:
+        missing.append("preds or logits")
+    if missing:
+        raise ValueError(f"{file} lacks {', '.join(missing)}; evaluate with "
+                         "eval_save_outputs=[inputs,labels,puzzle_identifiers,logits,q_halt_logits]")
+    preds = data["preds"] if "preds" in data else data["logits"].argmax(-1)
+    return {
+        "inputs": data["inputs"].numpy().astype(np.uint8),
+        "puzzle_identifiers": data["puzzle_identifiers"].numpy().astype(np.int64).reshape(-1),
+        "preds": preds.numpy().astype(np.uint8),
+        "q_halt_logits": data["q_halt_logits"].float().numpy().reshape(-1),
+    }
+
+
+def load_predictions(paths: Sequence[str]) -> Predictions:
+    """Read and concatenate the prediction files named by `paths` (files or checkpoint folders)."""
+    files = [file for path in paths for file in find_prediction_files(path)]
+    if not files:
+        raise ValueError("no prediction files given")
+    parts = [_load_file(file) for file in files]
+    merged = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+    for key in ("inputs", "preds"):
+        if merged[key].ndim != 2 or merged[key].shape[1] != GRID_SIZE * GRID_SIZE:
+            raise ValueError(f"`{key}` has shape {merged[key].shape}; ARC predictions are 30x30 = 900 "
+                             "tokens per row: were these files evaluated on an ARC dataset?")
+    # evaluate.py drops the padding rows of the last batch; the blank id marks any left over.
+    keep = merged["puzzle_identifiers"] != BLANK_IDENTIFIER
+    return Predictions(**{key: value[keep] for key, value in merged.items()}, files=files)
+
+
+# ----------------------------------------------------------------------------------------------
+# The dataset's test split: where each puzzle's examples are, and the true answers
+
+
+class _TestSplit:
+    """Memory-mapped test split of an ARC dataset folder, indexed by puzzle identifier."""
+
+    def __init__(self, dataset_dir: str):
+        split_dir = os.path.join(dataset_dir, "test")
+        for required in (os.path.join(dataset_dir, "identifiers.json"), os.path.join(split_dir, "dataset.json")):
+            if not os.path.isfile(required):
+                raise FileNotFoundError(f"{required} not found; --dataset must be a folder built by "
+                                        "dataset/build_arc_dataset.py (e.g. data/arc-aug-1000)")
+        with open(os.path.join(dataset_dir, "identifiers.json")) as f:
+            self.names: List[str] = json.load(f)
+        with open(os.path.join(split_dir, "dataset.json")) as f:
+            metadata = json.load(f)
+        if metadata["seq_len"] != GRID_SIZE * GRID_SIZE:
+            raise ValueError(f"{dataset_dir} has seq_len {metadata['seq_len']}, not 900: not an ARC dataset")
+
+        # Per identifier: which set, first example row, number of examples (-1: not in the split).
+        n = len(self.names)
+        self.set_of = np.full(n, -1, dtype=np.int64)
+        self.start = np.full(n, -1, dtype=np.int64)
+        self.count = np.zeros(n, dtype=np.int64)
+        self.inputs: List[np.ndarray] = []
+        self.labels: List[np.ndarray] = []
+        for set_index, set_name in enumerate(metadata["sets"]):
+            load = lambda kind: np.load(os.path.join(split_dir, f"{set_name}__{kind}.npy"), mmap_mode="r")
+            self.inputs.append(load("inputs"))
+            self.labels.append(load("labels"))
+            identifiers = np.asarray(load("puzzle_identifiers"), dtype=np.int64)
+            offsets = np.asarray(load("puzzle_indices"), dtype=np.int64)
+            self.set_of[identifiers] = set_index
+            self.start[identifiers] = offsets[:-1]
+            self.count[identifiers] = np.diff(offsets)
+
+        self.parsed = {i: parse_name(self.names[i]) for i in np.flatnonzero(self.set_of >= 0).tolist()}
+
+    def tasks(self) -> Dict[str, int]:
+        """Each original task of the split and the identifier of the copy its answers are read from.
+
+        The un-augmented copy when present, else the lowest identifier: all copies hold the
+        same test inputs, in the same order, so any copy un-augmented gives the same answers.
+        """
+        reference: Dict[str, int] = {}
+        for identifier, parsed in sorted(self.parsed.items()):
+            if parsed.task not in reference or self.names[identifier] == parsed.task:
+                reference[parsed.task] = identifier
+        return dict(sorted(reference.items()))
+
+    def grids(self, identifier: int, kind: str) -> List[np.ndarray]:
+        """Un-augmented input or label grids of one puzzle's examples, in order."""
+        array = (self.inputs if kind == "inputs" else self.labels)[self.set_of[identifier]]
+        s = self.start[identifier]
+        rows = np.asarray(array[s:s + self.count[identifier]])
+        parsed = self.parsed[identifier]
+        grids = []
+        for grid in crop_grids(rows):
+            if grid is None:
+                raise ValueError(f"test {kind} of puzzle {self.names[identifier]!r} holds no grid; "
+                                 "rebuild the dataset with dataset/build_arc_dataset.py")
+            grids.append(parsed.undo(grid))
+        return grids
+
+    def example_positions(self, preds: Predictions) -> np.ndarray:
+        """Position of each prediction row among its puzzle's test examples.
+
+        Rows are matched on their input tokens rather than on their order, because the ranks of
+        evaluate.py each save an interleaved slice of every batch.
+        """
+        ids = preds.puzzle_identifiers
+        unknown = (ids < 0) | (ids >= len(self.names))
+        unknown[~unknown] = self.set_of[ids[~unknown]] < 0
+        if unknown.any():
+            raise ValueError(f"{int(unknown.sum())} prediction rows name puzzle identifiers absent from this "
+                             f"dataset's test split (e.g. {int(ids[unknown][0])}); score with the --dataset "
+                             "the checkpoint was evaluated on")
+        positions = np.full(len(ids), -1, dtype=np.int64)
+        for set_index, inputs in enumerate(self.inputs):
+            in_set = np.flatnonzero(self.set_of[ids] == set_index)
+            for j in range(int(self.count[ids[in_set]].max(initial=0))):
+                todo = in_set[(positions[in_set] < 0) & (self.count[ids[in_set]] > j)]
+                if len(todo) == 0:
+                    continue
+                rows = self.start[ids[todo]] + j
+                order = np.argsort(rows)  # sorted reads keep the memory map sequential
+                same = np.empty(len(todo), dtype=bool)
+                same[order] = (np.asarray(inputs[rows[order]]) == preds.inputs[todo[order]]).all(-1)
+                positions[todo[same]] = j
+        unmatched = positions < 0
+        if unmatched.any():
+            name = self.names[int(ids[unmatched][0])]
+            raise ValueError(f"{int(unmatched.sum())} prediction rows have inputs that match no test example "
+                             f"of their puzzle (e.g. {name!r}); score with the --dataset the checkpoint "
+                             "was evaluated on")
+        return positions
+
+
+# ----------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class Candidate:
+    grid: np.ndarray
+    votes: int
+    mean_q: float  # mean sigmoid(q_halt) of its votes
+
+
+@dataclass
+class TestInputResult:
+    index: int  # position among the task's test inputs
+    input: np.ndarray
+    target: np.ndarray
+    candidates: List[Candidate]  # best first
+    num_uncroppable: int = 0  # predictions with no grid; they vote for nothing
+
+    @property
+    def correct_rank(self) -> Optional[int]:
+        """1-based rank of the true output among the candidates, None when absent."""
+        for rank, candidate in enumerate(self.candidates, start=1):
+            if np.array_equal(candidate.grid, self.target):
+                return rank
+        return None
+
+
+@dataclass
+class TaskResult:
+    name: str
+    test_inputs: List[TestInputResult]
+
+    def solved_at(self, k: int) -> bool:
+        return all(t.correct_rank is not None and t.correct_rank <= k for t in self.test_inputs)
+
+
+@dataclass
+class ArcResults:
+    tasks: Dict[str, TaskResult]
+    pass_at: Dict[int, float]
+    num_predictions: int
+    files: List[str] = field(default_factory=list)
+
+    def solved(self, k: int) -> int:
+        return sum(task.solved_at(k) for task in self.tasks.values())
+
+    def summary(self) -> str:
+        lines = [f"{len(self.tasks)} tasks, {self.num_predictions} predictions"]
+        lines += [f"pass@{k}: {self.pass_at[k]:.4f} ({self.solved(k)}/{len(self.tasks)})" for k in self.pass_at]
+        return "\n".join(lines)
+
+    def to_json(self, max_candidates: int = 10) -> dict:
+        """Scores and per-task details; each test input lists its top `max_candidates` grids."""
+        return {
+            "prediction_files": self.files,
+            "num_tasks": len(self.tasks),
+            "num_predictions": self.num_predictions,
+            "pass_at": {str(k): v for k, v in self.pass_at.items()},
+            "tasks": {
+                name: {
+                    "solved_at": {str(k): task.solved_at(k) for k in self.pass_at},
+                    "test_inputs": [{
+                        "index": t.index,
+                        "correct_rank": t.correct_rank,
+                        "num_candidates": len(t.candidates),
+                        "num_votes": sum(c.votes for c in t.candidates),
+                        "num_uncroppable": t.num_uncroppable,
+                        "target": grid_to_list(t.target),
+                        "top": [{"grid": grid_to_list(c.grid), "votes": c.votes, "mean_q": c.mean_q}
+                                for c in t.candidates[:max_candidates]],
+                    } for t in task.test_inputs],
+                } for name, task in self.tasks.items()
+            },
+        }
+
+
+def _rank(votes: Dict[bytes, list]) -> List[Candidate]:
+    candidates = [Candidate(grid=grid, votes=count, mean_q=q_sum / count) for grid, count, q_sum in votes.values()]
+    # Stable sort: exact ties keep the order in which the grids were first predicted.
+    candidates.sort(key=lambda c: (c.votes, c.mean_q), reverse=True)
+    return candidates
+
+
+def score(predictions: Predictions, dataset_dir: str, ks: Sequence[int] = PASS_AT_K) -> ArcResults:
+    """Vote over the augmented copies of every test input of the dataset and compute pass@K.
+
+    Every task of the test split counts, also those without predictions (they are unsolved).
+    """
+    split = _TestSplit(dataset_dir)
+    positions = split.example_positions(predictions)
+    q = 1.0 / (1.0 + np.exp(-predictions.q_halt_logits.astype(np.float64)))
+
+    # votes[(task, position)][grid key] = [grid, count, sum of sigmoid(q_halt)]
+    votes: Dict[Tuple[str, int], Dict[bytes, list]] = {}
+    uncroppable: Dict[Tuple[str, int], int] = {}
+    for identifier, position, grid, q_row in zip(predictions.puzzle_identifiers.tolist(), positions.tolist(),
+                                                 crop_grids(predictions.preds), q.tolist()):
+        key = (split.parsed[identifier].task, position)
+        if grid is None:
+            uncroppable[key] = uncroppable.get(key, 0) + 1
+            continue
+        grid = split.parsed[identifier].undo(grid)
+        grid_key = bytes(grid.shape) + grid.tobytes()
+        entry = votes.setdefault(key, {}).setdefault(grid_key, [grid, 0, 0.0])
+        entry[1] += 1
+        entry[2] += q_row
+
+    tasks: Dict[str, TaskResult] = {}
+    for task, identifier in split.tasks().items():
+        inputs, targets = split.grids(identifier, "inputs"), split.grids(identifier, "labels")
+        tasks[task] = TaskResult(name=task, test_inputs=[
+            TestInputResult(index=j, input=inputs[j], target=targets[j],
+                            candidates=_rank(votes.get((task, j), {})),
+                            num_uncroppable=uncroppable.get((task, j), 0))
+            for j in range(len(targets))
+        ])
+    pass_at = {k: (sum(t.solved_at(k) for t in tasks.values()) / len(tasks) if tasks else 0.0) for k in ks}
+    return ArcResults(tasks=tasks, pass_at=pass_at, num_predictions=len(positions), files=list(predictions.files))
+
+
+def submission(results: ArcResults) -> Dict[str, List[Dict[str, List[List[int]]]]]:
+    """ARC Prize format: per task, per test input in order, the two best grids."""
+    out = {}
+    for name, task in results.tasks.items():
+        entries = []
+        for t in task.test_inputs:
+            top = [grid_to_list(c.grid) for c in t.candidates[:2]] or [[[0]]]
+            entries.append({"attempt_1": top[0], "attempt_2": top[-1]})
+        out[name] = entries
+    return out
+
+
+def write_submission(results: ArcResults, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(submission(results), f)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def main(argv: Optional[Sequence[str]] = None) -> ArcResults:
+    parser = argparse.ArgumentParser(prog="python -m utils.arc_score", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="checkpoint folder (its newest step_<N>_all_preds.* set) or prediction files")
+    parser.add_argument("--dataset", required=True, help="the ARC dataset folder evaluated, e.g. data/arc-aug-1000")
+    parser.add_argument("--output", help="write scores and per-task results here (JSON)")
+    parser.add_argument("--submission", help="write an ARC Prize submission.json here")
+    parser.add_argument("--candidates", type=int, default=10, help="grids listed per test input in --output")
+    args = parser.parse_args(argv)
+
+    results = score(load_predictions(args.paths), args.dataset)
+    print(results.summary())
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(results.to_json(args.candidates), f, indent=1)
+    if args.submission:
+        write_submission(results, args.submission)
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as error:
+        sys.exit(f"error: {error}")

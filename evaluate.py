@@ -1,0 +1,86 @@
+"""Evaluate a checkpoint on its dataset's test split and save the predictions.
+
+    python evaluate.py checkpoint=checkpoints/<project>/<run>/step_N.pt
+    torchrun --nproc-per-node 8 evaluate.py checkpoint=<file> [output_dir=DIR] [data_path=DIR]
+
+Reads `all_config.yaml` from the checkpoint's folder, accepts our full checkpoints and the original's
+weights-only `step_N` files, prints the metrics per set and writes `step_N_all_preds.<rank>`.
+"""
+
+import os
+import sys
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from omegaconf import OmegaConf
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from pretrain import TrainState, build_loss_head, create_dataloader, evaluate, use_compile
+from utils.checkpoint import load_checkpoint, step_from_filename, weights_from_checkpoint
+from utils.config import ConfigError, check_world_size, read_saved_config
+from utils.distributed import DistributedContext, setup_distributed, teardown_distributed
+
+DEFAULT_SAVE_OUTPUTS = ["inputs", "labels", "puzzle_identifiers", "preds", "q_halt_logits", "q_continue_logits"]
+
+
+class EvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str
+    save_outputs: List[str] = DEFAULT_SAVE_OUTPUTS
+    output_dir: Optional[str] = None  # default: the checkpoint's folder
+    data_path: Optional[str] = None  # default: the training run's data_path
+
+
+def parse_eval_config(arguments: Sequence[str]) -> EvalConfig:
+    try:
+        return EvalConfig(**OmegaConf.to_container(OmegaConf.from_cli(list(arguments))))
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors())
+        raise ConfigError(f"evaluate.py: {problems}. Usage: python evaluate.py checkpoint=<path to step_N.pt> [output_dir=DIR] [data_path=DIR]") from None
+
+
+def run_evaluation(eval_config: EvalConfig, context: DistributedContext) -> Optional[Dict[str, Dict[str, float]]]:
+    from models.state_dict import load_model_state_dict
+
+    run_folder = os.path.dirname(os.path.abspath(eval_config.checkpoint))
+    config = read_saved_config(run_folder)
+    overrides = {"eval_save_outputs": eval_config.save_outputs, "checkpoint_path": run_folder}
+    if eval_config.data_path is not None:
+        overrides["data_path"] = eval_config.data_path
+    config = config.model_copy(update=overrides)
+    check_world_size(config, context.world_size)
+
+    eval_loader = create_dataloader(config, "test", context, test_set_mode=True, epochs_per_iter=1)
+    loss_head = build_loss_head(config, eval_loader.metadata, context)
+    load_model_state_dict(loss_head, weights_from_checkpoint(load_checkpoint(eval_config.checkpoint)))
+    state = TrainState(
+        loss_head=loss_head,
+        step_fn=loss_head,
+        optimizers=[], base_lrs=[], carry=None,
+        step=step_from_filename(eval_config.checkpoint) or 0, total_steps=0,
+    )
+    if use_compile(config, context.device):
+        state.step_fn = torch.compile(loss_head, dynamic=False)
+    metrics = evaluate(config, state, eval_loader, context, save_dir=eval_config.output_dir or run_folder)
+    if context.is_main and metrics is not None:
+        for set_name, values in metrics.items():
+            print(f"{set_name}: " + ", ".join(f"{key} {value:.4f}" for key, value in values.items()))
+    return metrics
+
+
+def main() -> None:
+    try:
+        eval_config = parse_eval_config(sys.argv[1:])
+        context = setup_distributed()
+        try:
+            run_evaluation(eval_config, context)
+        finally:
+            teardown_distributed()
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,453 @@
+"""Train a Hierarchical Reasoning Model on a puzzle dataset.
+
+    python pretrain.py data_path=data/sudoku-extreme-1k-aug-1000 epochs=20000 eval_interval=2000 ...
+    torchrun --nproc-per-node 8 pretrain.py data_path=... arch.L_cycles=8 ...
+
+Every config key (config/cfg_pretrain.yaml, config/arch/*.yaml) can be overridden as key=value.
+This file wires the parts together and runs the loop; the maths lives in models/.
+"""
+
+import importlib
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
+from utils.checkpoint import (
+    carry_from_state,
+    carry_to_state,
+    checkpoint_path_for_step,
+    concatenate_carry_states,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    restore_rng_state,
+    rng_state,
+    save_atomically,
+    slice_carry_state,
+)
+from utils.config import (
+    ConfigError,
+    PretrainConfig,
+    check_world_size,
+    load_config,
+    model_config_dict,
+    save_config,
+    with_derived_names,
+)
+from utils.distributed import (
+    DistributedContext,
+    all_reduce_gradients,
+    barrier,
+    broadcast_object,
+    gather_objects,
+    setup_distributed,
+    teardown_distributed,
+)
+from utils.logging import RunLogger, SilentLogger
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainState:
+    loss_head: nn.Module  # uncompiled: its state dict carries the original's key names
+    step_fn: nn.Module  # what the loop calls: loss_head, compiled where enabled
+    optimizers: List[torch.optim.Optimizer]
+    base_lrs: List[float]
+    carry: Any
+    step: int
+    total_steps: int
+
+
+def load_model_class(identifier: str, prefix: str = "models.") -> type:
+    """`module@Class` under models/, as the config's arch.name and arch.loss.name spell it."""
+    module_path, _, class_name = identifier.partition("@")
+    try:
+        return getattr(importlib.import_module(prefix + module_path), class_name)
+    except (ImportError, AttributeError):
+        raise ConfigError(f"'{identifier}' names no class: expected module@Class under models/, e.g. hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1") from None
+
+
+def cosine_schedule_with_warmup_lr(step: int, base_lr: float, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    if step < warmup_steps:
+        return base_lr * step / max(1, warmup_steps)
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return base_lr * (min_ratio + max(0.0, (1 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))))
+
+
+def create_dataloader(config: PretrainConfig, split: str, context: DistributedContext, test_set_mode: bool, epochs_per_iter: int) -> PuzzleDataset:
+    return PuzzleDataset(
+        PuzzleDatasetConfig(
+            seed=config.seed,
+            dataset_path=config.data_path,
+            global_batch_size=config.global_batch_size,
+            test_set_mode=test_set_mode,
+            epochs_per_iter=epochs_per_iter,
+            rank=context.rank,
+            num_replicas=context.world_size,
+        ),
+        split=split,
+    )
+
+
+def use_compile(config: PretrainConfig, device: torch.device, environ=os.environ) -> bool:
+    if "DISABLE_COMPILE" in environ:
+        return False
+    return config.compile if config.compile is not None else device.type == "cuda"
+
+
+def build_loss_head(config: PretrainConfig, metadata, context: DistributedContext) -> nn.Module:
+    """The model wrapped in its loss head, initialised from `config.seed` (identically on every rank)."""
+    model_class = load_model_class(config.arch.name)
+    loss_head_class = load_model_class(config.arch.loss.name)
+    model_config = model_config_dict(
+        config,
+        batch_size=config.global_batch_size // context.world_size,
+        vocab_size=metadata.vocab_size,
+        seq_len=metadata.seq_len,
+        num_puzzle_identifiers=metadata.num_puzzle_identifiers,
+    )
+    model_config.setdefault("forward_dtype", "bfloat16" if context.device.type == "cuda" else "float32")
+    # Initialise on the CPU so that a seed gives the same weights on every device.
+    torch.manual_seed(config.seed)
+    try:
+        model = model_class(model_config)
+    except ValueError as error:
+        raise ConfigError(f"arch: the config does not fit {config.arch.name}: {error}") from None
+    loss_head = loss_head_class(model, loss_type=config.arch.loss.loss_type)
+    return loss_head.to(context.device)
+
+
+def build_optimizers(config: PretrainConfig, loss_head: nn.Module, context: DistributedContext):
+    from models.optimizers import build_adam_atan2
+    from models.sparse_embedding import CastedSparseEmbeddingSignSGD_Distributed
+
+    optimizers, base_lrs = [], []
+    if config.arch.model_extra.get("puzzle_emb_ndim", 0) > 0:
+        optimizers.append(
+            CastedSparseEmbeddingSignSGD_Distributed(
+                loss_head.model.puzzle_emb.buffers(), world_size=context.world_size, lr=0, weight_decay=config.puzzle_emb_weight_decay
+            )
+        )
+        base_lrs.append(config.puzzle_emb_lr)
+    optimizers.append(
+        build_adam_atan2(loss_head.parameters(), lr=0, weight_decay=config.weight_decay, betas=(config.beta1, config.beta2), log=context.is_main)
+    )
+    base_lrs.append(config.lr)
+    return optimizers, base_lrs
+
+
+def to_device(batch: Dict[str, torch.Tensor], device: torch.device) -> Dict[str, torch.Tensor]:
+    if device.type == "cuda":
+        return {key: value.pin_memory().to(device, non_blocking=True) for key, value in batch.items()}
+    return batch
+
+
+class DeferredMetrics:
+    """A step's metric values copied to the host without stalling the device; read one step later,
+    so the host can queue the next step while the device still works on this one."""
+
+    def __init__(self, keys: List[str], values: torch.Tensor, step: int, lr: float):
+        self.keys, self.step, self.lr = keys, step, lr
+        if values.device.type == "cuda":
+            self.host_values = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            self.host_values.copy_(values, non_blocking=True)
+            self.ready = torch.cuda.Event()
+            self.ready.record()
+        else:
+            self.host_values, self.ready = values, None
+
+    def values(self) -> Dict[str, float]:
+        if self.ready is not None:
+            self.ready.synchronize()
+        return dict(zip(self.keys, self.host_values.tolist()))
+
+
+def train_batch(config: PretrainConfig, state: TrainState, batch: Dict[str, torch.Tensor], global_batch_size: int, context: DistributedContext) -> Optional[DeferredMetrics]:
+    if state.step >= state.total_steps:
+        return None
+    state.step += 1
+    batch = to_device(batch, context.device)
+    if state.carry is None:
+        state.carry = state.loss_head.initial_carry(batch)
+
+    state.carry, loss, metrics, _, _ = state.step_fn(carry=state.carry, batch=batch, return_keys=[])
+    (loss / global_batch_size).backward()
+    all_reduce_gradients(list(state.loss_head.parameters()), context.world_size)
+
+    lr = 0.0
+    for optimizer, base_lr in zip(state.optimizers, state.base_lrs):
+        lr = cosine_schedule_with_warmup_lr(state.step, base_lr, config.lr_warmup_steps, state.total_steps, config.lr_min_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.step()
+        optimizer.zero_grad()
+
+    keys = sorted(metrics)
+    values = torch.stack([metrics[key].detach().float() for key in keys])
+    if context.is_distributed:
+        torch.distributed.all_reduce(values)
+    return DeferredMetrics(keys, values, state.step, lr)
+
+
+def finish_train_metrics(pending: DeferredMetrics, global_batch_size: int) -> Dict[str, float]:
+    """Raw sums -> means (losses per sequence of the global batch, the rest per halted sequence).
+    Raises NonFiniteLossError on a NaN or infinite value, on every rank alike (the sums are all-reduced)."""
+    raw = pending.values()
+    if not all(math.isfinite(value) for value in raw.values()):
+        raise NonFiniteLossError(
+            f"non-finite training metrics at step {pending.step}: {raw}. The run stops here; the newest "
+            "checkpoint was saved before this step. Lower lr, check the data, or resume=true from that checkpoint."
+        )
+    count = max(raw["count"], 1)
+    metrics = {f"train/{key}": value / (global_batch_size if key.endswith("loss") else count) for key, value in raw.items()}
+    metrics["train/lr"] = pending.lr
+    return metrics
+
+
+def valid_rows(global_batch_size: int, effective_batch_size: int, context: DistributedContext) -> int:
+    """How many rows of this rank's slice of a padded test batch are real examples."""
+    local = global_batch_size // context.world_size
+    return max(0, min(local, effective_batch_size - context.rank * local))
+
+
+def evaluate(config: PretrainConfig, state: TrainState, loader: PuzzleDataset, context: DistributedContext, save_dir: Optional[str]) -> Optional[Dict[str, Dict[str, float]]]:
+    """One pass over the test split. Every sequence runs halt_max_steps segments. Returns, on the main
+    rank, the metrics per set (each divided by its count); saves `config.eval_save_outputs`."""
+    set_names = loader.metadata.sets
+    halt_max_steps = state.loss_head.model.config.halt_max_steps
+    saved: Dict[str, List[torch.Tensor]] = {}
+    metric_keys: List[str] = []
+    metric_sums = None
+    state.step_fn.eval()
+    with torch.inference_mode():
+        for set_name, batch, effective_batch_size in loader:
+            batch = to_device(batch, context.device)
+            carry = state.loss_head.initial_carry(batch)
+            for _ in range(halt_max_steps):
+                carry, _, metrics, outputs, all_halted = state.step_fn(carry=carry, batch=batch, return_keys=config.eval_save_outputs)
+            if not bool(all_halted):
+                raise RuntimeError(f"evaluation: sequences still running after halt_max_steps={halt_max_steps} segments")
+
+            rows = valid_rows(config.global_batch_size, effective_batch_size, context)
+            for source in (batch, outputs):
+                for key, value in source.items():
+                    if key in config.eval_save_outputs:
+                        saved.setdefault(key, []).append(value[:rows].cpu())
+
+            if metric_sums is None:
+                metric_keys = sorted(metrics)
+                metric_sums = torch.zeros((len(set_names), len(metric_keys)), dtype=torch.float64, device=context.device)
+            metric_sums[set_names.index(set_name)] += torch.stack([metrics[key].double() for key in metric_keys])
+    state.step_fn.train()
+
+    if saved and save_dir is not None:
+        os.makedirs(save_dir, exist_ok=True)
+        path = os.path.join(save_dir, f"step_{state.step}_all_preds.{context.rank}")
+        save_atomically({key: torch.cat(values) for key, values in saved.items()}, path)
+
+    if metric_sums is None:
+        return None
+    if context.is_distributed:
+        torch.distributed.all_reduce(metric_sums)
+    results = {}
+    for set_index, set_name in enumerate(set_names):
+        sums = dict(zip(metric_keys, metric_sums[set_index].tolist()))
+        count = max(sums.pop("count"), 1)
+        results[set_name] = {key: value / count for key, value in sums.items()}
+    return results if context.is_main else None
+
+
+def save_train_state(config: PretrainConfig, state: TrainState, loader: PuzzleDataset, context: DistributedContext) -> None:
+    """Write step_N.pt with everything needed to continue bit for bit (called on every rank)."""
+    carry_states = gather_objects(carry_to_state(state.carry) if state.carry is not None else None, context)
+    rng_states = gather_objects(rng_state(context.device), context)
+    if context.is_main:
+        checkpoint = {
+            "model": state.loss_head.state_dict(),
+            "optimizers": [optimizer.state_dict() for optimizer in state.optimizers],
+            "step": state.step,
+            "carry": None if carry_states[0] is None else concatenate_carry_states(carry_states),
+            "rng": rng_states,
+            "loader": loader.state_dict(),
+            "config": config.model_dump(),
+        }
+        save_atomically(checkpoint, checkpoint_path_for_step(config.checkpoint_path, state.step))
+        prune_checkpoints(config.checkpoint_path, config.keep_checkpoints)
+    barrier(context)
+
+
+def restore_train_state(path: str, config: PretrainConfig, state: TrainState, loader: PuzzleDataset, context: DistributedContext) -> None:
+    from models.state_dict import load_model_state_dict
+
+    checkpoint = load_checkpoint(path)
+    changed = _changed_keys(checkpoint["config"], config.model_dump())
+    if changed:
+        raise ConfigError(
+            f"resume: {path} was trained with another config ({'; '.join(changed)}). "
+            "Resume with the same settings, or start a new run in another checkpoint_path."
+        )
+    load_model_state_dict(state.loss_head, checkpoint["model"])
+    for optimizer, optimizer_state in zip(state.optimizers, checkpoint["optimizers"]):
+        optimizer.load_state_dict(optimizer_state)
+    state.step = checkpoint["step"]
+    loader.load_state_dict(checkpoint["loader"])
+    if checkpoint["carry"] is not None:
+        local = config.global_batch_size // context.world_size
+        template = state.loss_head.initial_carry(_blank_batch(loader, local, context.device))
+        own_rows = slice_carry_state(checkpoint["carry"], context.rank * local, (context.rank + 1) * local)
+        state.carry = carry_from_state(own_rows, template)
+    if len(checkpoint["rng"]) == context.world_size:
+        restore_rng_state(checkpoint["rng"][context.rank], context.device)
+    elif context.is_main:
+        print(f"resume: the checkpoint was written by {len(checkpoint['rng'])} processes, this run has {context.world_size}; "
+              "random streams restart from the seed, so the run continues but not bit for bit")
+        torch.manual_seed(config.seed + context.rank + state.step)
+
+
+# Keys that may differ between a checkpoint's config and the resuming run's.
+RESUMABLE_CHANGES = {"resume", "wandb", "keep_checkpoints", "checkpoint_every_steps", "compile", "eval_save_outputs"}
+
+
+def _changed_keys(saved: dict, current: dict, prefix: str = "") -> List[str]:
+    changed = []
+    for key in sorted(set(saved) | set(current)):
+        if not prefix and key in RESUMABLE_CHANGES:
+            continue
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += _changed_keys(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changed.append(f"{prefix}{key}: {old!r} in the checkpoint, {new!r} now")
+    return changed
+
+
+def _blank_batch(loader: PuzzleDataset, batch_size: int, device: torch.device) -> Dict[str, torch.Tensor]:
+    seq_len = loader.metadata.seq_len
+    return {
+        "inputs": torch.zeros((batch_size, seq_len), dtype=torch.int32, device=device),
+        "labels": torch.zeros((batch_size, seq_len), dtype=torch.int32, device=device),
+        "puzzle_identifiers": torch.zeros((batch_size,), dtype=torch.int32, device=device),
+    }
+
+
+def prepare_run_folder(config: PretrainConfig, context: DistributedContext) -> Optional[str]:
+    """Check what `checkpoint_path` holds; return the checkpoint to resume from, if any."""
+    existing = list_checkpoints(config.checkpoint_path)
+    if existing and not config.resume:
+        raise ConfigError(
+            f"checkpoint_path={config.checkpoint_path} already holds checkpoints ({os.path.basename(existing[-1])} is the newest). "
+            "Add resume=true to continue that run, or choose another checkpoint_path (or run_name) for a new one."
+        )
+    if config.resume and not existing and context.is_main:
+        print(f"resume=true: no checkpoint in {config.checkpoint_path} yet, starting from step 0")
+    return existing[-1] if existing else None
+
+
+def launch(overrides: Sequence[str]) -> Optional[Dict[str, Dict[str, float]]]:
+    context = setup_distributed()
+    try:
+        return run_training(overrides, context)
+    finally:
+        teardown_distributed()
+
+
+def run_training(overrides: Sequence[str], context: DistributedContext) -> Optional[Dict[str, Dict[str, float]]]:
+    config = load_config(list(overrides))
+    check_world_size(config, context.world_size)
+    if config.resume and config.checkpoint_path is None:
+        raise ConfigError("resume=true needs checkpoint_path=<the run's folder> (e.g. checkpoints/<project>/<run>)")
+
+    train_loader = create_dataloader(config, "train", context, test_set_mode=False, epochs_per_iter=config.epochs_per_eval)
+    eval_loader = create_dataloader(config, "test", context, test_set_mode=True, epochs_per_iter=1)
+    loss_head = build_loss_head(config, train_loader.metadata, context)
+    config = broadcast_object(with_derived_names(config, type(loss_head.model).__name__), context)
+    resume_from = prepare_run_folder(config, context)
+
+    optimizers, base_lrs = build_optimizers(config, loss_head, context)
+    metadata = train_loader.metadata
+    total_steps = int(config.epochs * metadata.total_groups * metadata.mean_puzzle_examples / config.global_batch_size)
+    compiled = use_compile(config, context.device)
+    state = TrainState(
+        loss_head=loss_head,
+        step_fn=torch.compile(loss_head, dynamic=False) if compiled else loss_head,
+        optimizers=optimizers, base_lrs=base_lrs, carry=None, step=0, total_steps=total_steps,
+    )
+    torch.manual_seed(config.seed + context.rank)  # the ACT exploration draws of this rank
+    if resume_from is not None:
+        restore_train_state(resume_from, config, state, train_loader, context)
+
+    if context.is_main:
+        save_config(config, config.checkpoint_path)
+        logger = RunLogger(config.checkpoint_path, config.project_name, config.run_name, config.model_dump(), config.wandb.mode,
+                           resume_step=state.step if resume_from else None)
+        parameters = sum(parameter.numel() for parameter in loss_head.parameters())
+        print(f"{config.run_name}: {parameters:,} parameters, {total_steps} steps, {context.world_size} process(es) on "
+              f"{context.device.type}, compile {'on' if compiled else 'off'}, checkpoints in {config.checkpoint_path}"
+              + (f", resuming from {os.path.basename(resume_from)}" if resume_from else ""))
+    else:
+        logger = SilentLogger()
+
+    try:
+        return _train_loop(config, state, train_loader, eval_loader, logger, context)
+    finally:
+        logger.close()
+
+
+def _train_loop(config, state: TrainState, train_loader, eval_loader, logger, context) -> Optional[Dict[str, Dict[str, float]]]:
+    progress = tqdm(total=state.total_steps, initial=state.step, dynamic_ncols=True) if context.is_main else None
+    start_time = time.monotonic()
+    eval_metrics = None
+    for iteration in range(train_loader.state_dict()["iteration"], config.num_evals):
+        state.step_fn.train()
+        pending = None
+        for _, batch, global_batch_size in train_loader:
+            current = train_batch(config, state, batch, global_batch_size, context)
+            if pending is not None:
+                logger.log(finish_train_metrics(pending, config.global_batch_size), step=pending.step)
+            pending = current
+            if progress is not None:
+                progress.update(state.step - progress.n)
+            if config.checkpoint_every_steps and current is not None and state.step % config.checkpoint_every_steps == 0:
+                # Check this step's loss before its weights are saved.
+                logger.log(finish_train_metrics(pending, config.global_batch_size), step=pending.step)
+                pending = None
+                save_train_state(config, state, train_loader, context)
+        if pending is not None:
+            logger.log(finish_train_metrics(pending, config.global_batch_size), step=pending.step)
+
+        eval_start = time.monotonic()
+        eval_metrics = evaluate(config, state, eval_loader, context, save_dir=config.checkpoint_path)
+        if context.is_main and eval_metrics is not None:
+            flat = {f"{set_name}/{key}": value for set_name, values in eval_metrics.items() for key, value in values.items()}
+            flat["time/eval_seconds"] = time.monotonic() - eval_start
+            flat["time/elapsed_seconds"] = time.monotonic() - start_time
+            logger.log(flat, step=state.step)
+            tqdm.write(f"step {state.step} eval: " + ", ".join(f"{key} {value:.4f}" for key, value in flat.items()))
+        if config.checkpoint_every_eval or iteration == config.num_evals - 1:
+            save_train_state(config, state, train_loader, context)
+    if progress is not None:
+        progress.close()
+    return eval_metrics
+
+
+def main() -> None:
+    try:
+        launch(sys.argv[1:])
+    except (ConfigError, NonFiniteLossError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Full-state checkpoints: written atomically, found again for resuming, pruned on request.
+
+A checkpoint `step_N.pt` is one dict:
+  model       the loss head's state dict, uncompiled, with the original's key names
+  optimizers  the state dicts of the two optimisers
+  step        optimiser steps taken
+  carry       the ACT carry of the sequences in flight, concatenated over ranks (global batch order)
+  rng         the torch RNG states of every rank
+  loader      the training loader's position (next batch to read)
+  config      the run's resolved config
+The original saved only the weights, as `step_N` (no suffix); `load_weights` reads both kinds.
+"""
+
+import dataclasses
+import os
+import re
+from typing import Any, Dict, List, Optional
+
+import torch
+
+CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)\.pt$")
+ORIGINAL_WEIGHTS_PATTERN = re.compile(r"^step_(\d+)$")
+
+
+def checkpoint_path_for_step(folder: str, step: int) -> str:
+    return os.path.join(folder, f"step_{step}.pt")
+
+
+def list_checkpoints(folder: str) -> List[str]:
+    """Complete checkpoints in `folder`, oldest first. Half-written files carry another suffix."""
+    if not os.path.isdir(folder):
+        return []
+    found = []
+    for name in os.listdir(folder):
+        match = CHECKPOINT_PATTERN.match(name)
+        if match:
+            found.append((int(match.group(1)), os.path.join(folder, name)))
+    return [path for _, path in sorted(found)]
+
+
+def save_atomically(state: Dict[str, Any], path: str) -> None:
+    """Write to a temporary name, then rename: a reader never sees a partial checkpoint."""
+    partial_path = f"{path}.partial"
+    torch.save(state, partial_path)
+    os.replace(partial_path, path)
+
+
+def prune_checkpoints(folder: str, keep: Optional[int]) -> None:
+    if keep is None:
+        return
+    for path in list_checkpoints(folder)[:-keep]:
+        os.remove(path)
+
+
+def step_from_filename(path: str) -> Optional[int]:
+    name = os.path.basename(path)
+    match = CHECKPOINT_PATTERN.match(name) or ORIGINAL_WEIGHTS_PATTERN.match(name)
+    return int(match.group(1)) if match else None
+
+
+def load_checkpoint(path: str) -> Dict[str, Any]:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def weights_from_checkpoint(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    """The model state dict of one of our full checkpoints or of an original weights-only file."""
+    if "model" in checkpoint and isinstance(checkpoint["model"], dict):
+        return checkpoint["model"]
+    if checkpoint and all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
+        return checkpoint
+    raise ValueError(
+        "the checkpoint holds neither a full training state (with a 'model' entry) nor a plain state dict "
+        f"of tensors (found keys: {sorted(checkpoint)[:8]})"
+    )
+
+
+def carry_to_state(carry: Any) -> Any:
+    """The ACT carry (nested dataclasses / dicts of tensors) as plain dicts of CPU tensors."""
+    if isinstance(carry, torch.Tensor):
+        return carry.detach().cpu()
+    if dataclasses.is_dataclass(carry):
+        return {field.name: carry_to_state(getattr(carry, field.name)) for field in dataclasses.fields(carry)}
+    if isinstance(carry, dict):
+        return {key: carry_to_state(value) for key, value in carry.items()}
+    raise TypeError(f"cannot store a carry element of type {type(carry).__name__}")
+
+
+def carry_from_state(state: Any, template: Any) -> Any:
+    """Rebuild a carry shaped like `template` (same classes, devices, dtypes) from `carry_to_state`'s output."""
+    if isinstance(template, torch.Tensor):
+        if state.shape != template.shape:
+            raise ValueError(
+                f"the checkpoint's ACT carry has shape {tuple(state.shape)} where this run needs "
+                f"{tuple(template.shape)}: resume with the checkpoint's global_batch_size and arch"
+            )
+        return state.to(device=template.device, dtype=template.dtype)
+    if dataclasses.is_dataclass(template):
+        values = {field.name: carry_from_state(state[field.name], getattr(template, field.name)) for field in dataclasses.fields(template)}
+        return dataclasses.replace(template, **values)
+    if isinstance(template, dict):
+        return {key: carry_from_state(state[key], value) for key, value in template.items()}
+    raise TypeError(f"cannot restore a carry element of type {type(template).__name__}")
+
+
+def concatenate_carry_states(states: List[Any]) -> Any:
+    """Join per-rank carry states along the batch dimension, in rank order."""
+    first = states[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(states, dim=0)
+    return {key: concatenate_carry_states([state[key] for state in states]) for key in first}
+
+
+def slice_carry_state(state: Any, start: int, stop: int) -> Any:
+    """The rows [start, stop) of a global carry state: one rank's share."""
+    if isinstance(state, torch.Tensor):
+        return state[start:stop]
+    return {key: slice_carry_state(value, start, stop) for key, value in state.items()}
+
+
+def rng_state(device: torch.device) -> Dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng_state(state: Dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)

@@ -1,0 +1,221 @@
+"""The training configuration: composed by Hydra, validated once by pydantic.
+
+Precedence is Hydra's: the defaults in `config/cfg_pretrain.yaml` and `config/arch/*.yaml`,
+then the command-line overrides (`key=value`, `arch.key=value`). The validated result is the
+single source of truth for the run and is saved as `<checkpoint_path>/all_config.yaml`.
+"""
+
+import difflib
+import os
+import re
+from typing import List, Literal, Optional
+
+import coolname
+import yaml
+from omegaconf import OmegaConf
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config")
+SAVED_CONFIG_NAME = "all_config.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration a user wrote that cannot run; the message names the key and the fix."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LossConfig(StrictModel):
+    name: str
+    loss_type: str = "stablemax_cross_entropy"
+
+
+class ArchConfig(BaseModel):
+    """`name` and `loss` are ours; the other keys belong to the model class named by `name`,
+    whose own config validates them when the model is built (see `model_config_dict`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    loss: LossConfig
+
+
+class WandbConfig(StrictModel):
+    mode: Literal["offline", "online", "disabled"] = "offline"
+
+
+class PretrainConfig(StrictModel):
+    arch: ArchConfig
+    data_path: str
+
+    global_batch_size: int
+    epochs: int
+    eval_interval: Optional[int] = None
+    checkpoint_every_eval: bool = False
+
+    lr: float
+    lr_min_ratio: float
+    lr_warmup_steps: int
+
+    beta1: float
+    beta2: float
+    weight_decay: float
+    puzzle_emb_weight_decay: float
+    puzzle_emb_lr: float
+
+    seed: int = 0
+
+    project_name: Optional[str] = None
+    run_name: Optional[str] = None
+    checkpoint_path: Optional[str] = None
+
+    eval_save_outputs: List[str] = []
+
+    resume: bool = False
+    checkpoint_every_steps: Optional[int] = None
+    keep_checkpoints: Optional[int] = None
+    compile: Optional[bool] = None
+    wandb: WandbConfig = WandbConfig()
+
+    @model_validator(mode="after")
+    def check_values(self) -> "PretrainConfig":
+        positive = {"global_batch_size": self.global_batch_size, "epochs": self.epochs}
+        for key in ("eval_interval", "checkpoint_every_steps", "keep_checkpoints"):
+            if getattr(self, key) is not None:
+                positive[key] = getattr(self, key)
+        for key, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"{key}={value} must be a positive integer")
+        if self.eval_interval is not None and self.epochs % self.eval_interval != 0:
+            raise ValueError(
+                f"eval_interval={self.eval_interval} must divide epochs={self.epochs}: "
+                f"evaluation runs every eval_interval epochs (e.g. set eval_interval to a divisor of {self.epochs})"
+            )
+        if self.lr_warmup_steps < 0:
+            raise ValueError(f"lr_warmup_steps={self.lr_warmup_steps} must be >= 0")
+        return self
+
+    @property
+    def epochs_per_eval(self) -> int:
+        return self.eval_interval if self.eval_interval is not None else self.epochs
+
+    @property
+    def num_evals(self) -> int:
+        return self.epochs // self.epochs_per_eval
+
+
+def _format_validation_error(error: ValidationError, model: type) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        if item["type"] == "extra_forbidden":
+            known = _known_keys(model, item["loc"][:-1])
+            guess = difflib.get_close_matches(str(item["loc"][-1]), known, n=1)
+            hint = f" Did you mean '{guess[0]}'?" if guess else f" Known keys here: {', '.join(sorted(known))}."
+            lines.append(f"  {key}: unknown key.{hint}")
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            lines.append(f"  {key}: {message}" if key else f"  {message}")
+    return "\n".join(lines)
+
+
+def _known_keys(model: type, path) -> List[str]:
+    for part in path:
+        annotation = model.model_fields[part].annotation
+        model = next((arg for arg in getattr(annotation, "__args__", ()) if isinstance(arg, type)), annotation)
+    return list(model.model_fields)
+
+
+def validate_config(raw: dict) -> PretrainConfig:
+    try:
+        return PretrainConfig(**raw)
+    except ValidationError as error:
+        raise ConfigError("Invalid training config:\n" + _format_validation_error(error, PretrainConfig)) from None
+
+
+def load_config(overrides: List[str], config_name: str = "cfg_pretrain") -> PretrainConfig:
+    """Compose `config/<config_name>.yaml` with Hydra, apply command-line overrides, validate."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+            composed = compose(config_name=config_name, overrides=overrides)
+        raw = OmegaConf.to_container(composed, resolve=True)
+    except (HydraException, OmegaConfBaseException) as error:
+        unknown = re.search(r"Could not override '([^']+)'", str(error))
+        if unknown:
+            raise ConfigError(_unknown_override_message(unknown.group(1), config_name)) from None
+        raise ConfigError(
+            f"Could not compose the config from overrides {overrides}: {error}\n"
+            "Overrides look like key=value or arch.key=value; keys are listed in config/cfg_pretrain.yaml "
+            "and config/arch/hrm_v1.yaml."
+        ) from None
+    return validate_config(raw)
+
+
+def _unknown_override_message(key: str, config_name: str) -> str:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        defaults = OmegaConf.to_container(compose(config_name=config_name), resolve=False)
+    parent_path, _, name = key.rpartition(".")
+    parent = defaults
+    for part in parent_path.split(".") if parent_path else []:
+        parent = parent.get(part, {}) if isinstance(parent, dict) else {}
+    known = sorted(parent) if isinstance(parent, dict) else []
+    guess = difflib.get_close_matches(name, known, n=1)
+    hint = f"Did you mean '{(parent_path + '.') if parent_path else ''}{guess[0]}'?" if guess else f"Known keys here: {', '.join(known)}."
+    return f"Invalid training config:\n  {key}: unknown key. {hint}"
+
+
+def check_world_size(config: PretrainConfig, world_size: int) -> None:
+    if config.global_batch_size % world_size != 0:
+        raise ConfigError(
+            f"global_batch_size={config.global_batch_size} is not divisible by the world size {world_size}: "
+            f"every process takes an equal slice of each batch. Set global_batch_size to a multiple of "
+            f"{world_size} (e.g. {max(world_size, config.global_batch_size // world_size * world_size)}) "
+            "or change --nproc-per-node."
+        )
+
+
+def with_derived_names(config: PretrainConfig, model_class_name: str) -> PretrainConfig:
+    """Fill project_name, run_name and checkpoint_path as the original does, where not given."""
+    project_name = config.project_name or f"{os.path.basename(os.path.normpath(config.data_path)).capitalize()} ACT-torch"
+    run_name = config.run_name or f"{model_class_name} {coolname.generate_slug(2)}"
+    checkpoint_path = config.checkpoint_path or os.path.join("checkpoints", project_name, run_name)
+    return config.model_copy(update=dict(project_name=project_name, run_name=run_name, checkpoint_path=checkpoint_path))
+
+
+def model_config_dict(config: PretrainConfig, **dataset_fields) -> dict:
+    """The model constructor's dict: the arch keys other than name/loss, plus the dataset's shape."""
+    return {**config.arch.model_extra, **dataset_fields}
+
+
+def save_config(config: PretrainConfig, folder: str) -> str:
+    """Write the resolved config as YAML, atomically."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, SAVED_CONFIG_NAME)
+    partial_path = f"{path}.partial"
+    with open(partial_path, "w") as file:
+        yaml.safe_dump(config.model_dump(), file, sort_keys=False)
+    os.replace(partial_path, path)
+    return path
+
+
+def read_saved_config(folder: str) -> PretrainConfig:
+    path = os.path.join(folder, SAVED_CONFIG_NAME)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{path} not found: evaluation needs the config that training saved next to its checkpoints. "
+            "Pass a checkpoint that lives in its run folder (checkpoints/<project>/<run>/step_N.pt)."
+        )
+    with open(path) as file:
+        raw = yaml.safe_load(file)
+    try:
+        return PretrainConfig(**raw)
+    except ValidationError as error:
+        raise ConfigError(f"{path} is not a valid training config:\n" + _format_validation_error(error, PretrainConfig)) from None

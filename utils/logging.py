@@ -1,0 +1,74 @@
+"""Where metrics go: `metrics.jsonl` in the run folder always, Weights & Biases when enabled.
+
+Only the main rank logs; other ranks get a logger whose calls do nothing.
+"""
+
+import json
+import math
+import os
+import re
+from typing import Dict, Optional
+
+METRICS_FILE_NAME = "metrics.jsonl"
+
+
+class RunLogger:
+    def __init__(self, folder: str, project_name: str, run_name: str, config: dict, wandb_mode: str, resume_step: Optional[int]):
+        self.metrics_path = os.path.join(folder, METRICS_FILE_NAME)
+        if resume_step is not None:
+            _drop_lines_after(self.metrics_path, resume_step)
+        self.metrics_file = open(self.metrics_path, "a")
+        self.wandb_run = None
+        if wandb_mode != "disabled":
+            import wandb
+
+            # A run id derived from the run name lets a resumed run continue the same W&B run.
+            run_id = re.sub(r"[^a-z0-9-]+", "-", run_name.lower()).strip("-")
+            self.wandb_run = wandb.init(
+                project=project_name, name=run_name, id=run_id, resume="allow", config=config,
+                mode=wandb_mode, dir=folder, settings=wandb.Settings(x_disable_stats=True, console="off"),
+            )
+
+    def log(self, metrics: Dict[str, float], step: int) -> None:
+        record = {"step": step, **{key: _plain_number(value) for key, value in metrics.items()}}
+        self.metrics_file.write(json.dumps(record) + "\n")
+        self.metrics_file.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log(metrics, step=step)
+
+    def close(self) -> None:
+        self.metrics_file.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+class SilentLogger:
+    """The logger of non-main ranks."""
+
+    def log(self, metrics: Dict[str, float], step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _plain_number(value) -> Optional[float]:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _drop_lines_after(path: str, step: int) -> None:
+    """A resumed run repeats the steps after its checkpoint: forget what the killed run logged for them."""
+    if not os.path.exists(path):
+        return
+    with open(path) as file:
+        kept = [line for line in file if line.strip() and json.loads(line)["step"] <= step]
+    partial_path = f"{path}.partial"
+    with open(partial_path, "w") as file:
+        file.writelines(kept)
+    os.replace(partial_path, path)
+
+
+def read_metrics(path: str) -> list:
+    with open(path) as file:
+        return [json.loads(line) for line in file if line.strip()]

@@ -1,0 +1,285 @@
+"""Hierarchical Reasoning Model with adaptive computation time (ACT), version 1.
+
+Two recurrent transformer modules refine two states: a fast low-level state z_L and a slow
+high-level state z_H. One segment (one call of the inner model) runs H_cycles high-level updates,
+each after L_cycles low-level updates, and backpropagates only through the last of each (the
+one-step gradient approximation). The ACT wrapper carries (z_H, z_L) across calls and decides per
+sequence when to stop, with a Q-head trained to predict whether the answer is already right.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Literal, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from torch import nn
+
+from models.common import trunc_normal_init_
+from models.layers import Attention, CastedEmbedding, CastedLinear, CosSin, RotaryEmbedding, SwiGLU, rms_norm
+from models.sparse_embedding import CastedSparseEmbedding
+
+
+class HierarchicalReasoningModel_ACTV1Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int
+    seq_len: int
+    puzzle_emb_ndim: int = 0
+    num_puzzle_identifiers: int
+    vocab_size: int
+
+    H_cycles: int
+    L_cycles: int
+    H_layers: int
+    L_layers: int
+
+    hidden_size: int
+    expansion: float
+    num_heads: int
+    pos_encodings: Literal["rope", "learned"]
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+
+    halt_max_steps: int
+    halt_exploration_prob: float
+
+    forward_dtype: str = "bfloat16"
+
+    @field_validator("batch_size", "seq_len", "num_puzzle_identifiers", "vocab_size", "H_cycles", "L_cycles",
+                     "H_layers", "L_layers", "hidden_size", "num_heads", "halt_max_steps")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"must be >= 1, got {value}")
+        return value
+
+    @field_validator("forward_dtype")
+    @classmethod
+    def _float_dtype(cls, value: str) -> str:
+        if not isinstance(getattr(torch, value, None), torch.dtype) or not getattr(torch, value).is_floating_point:
+            raise ValueError(f"'{value}' is not a torch floating-point dtype; use e.g. 'bfloat16' (GPU) or 'float32' (CPU)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> "HierarchicalReasoningModel_ACTV1Config":
+        if self.hidden_size % self.num_heads != 0:
+            raise ValueError(f"hidden_size={self.hidden_size} must be divisible by num_heads={self.num_heads}")
+        if self.puzzle_emb_ndim < 0:
+            raise ValueError(f"puzzle_emb_ndim={self.puzzle_emb_ndim} must be >= 0 (0 disables the puzzle embedding)")
+        if not 0.0 <= self.halt_exploration_prob <= 1.0:
+            raise ValueError(f"halt_exploration_prob={self.halt_exploration_prob} must be in [0, 1]")
+        return self
+
+    @classmethod
+    def from_dict(cls, config_dict: dict) -> "HierarchicalReasoningModel_ACTV1Config":
+        unknown = sorted(set(config_dict) - set(cls.model_fields))
+        if unknown:
+            raise ValueError(
+                f"Unknown HRM config keys: {', '.join(unknown)}. Valid keys are {', '.join(cls.model_fields)}; "
+                "remove the unknown ones or fix their spelling (in config/arch/*.yaml or the arch.* overrides)."
+            )
+        return cls(**config_dict)
+
+
+@dataclass
+class HierarchicalReasoningModel_ACTV1InnerCarry:
+    z_H: torch.Tensor
+    z_L: torch.Tensor
+
+
+@dataclass
+class HierarchicalReasoningModel_ACTV1Carry:
+    inner_carry: HierarchicalReasoningModel_ACTV1InnerCarry
+    steps: torch.Tensor  # int32 [batch]: segments run on the current data
+    halted: torch.Tensor  # bool [batch]: finished; replaced by new data at the next call
+    current_data: Dict[str, torch.Tensor]
+
+
+class HierarchicalReasoningModel_ACTV1Block(nn.Module):
+    """Post-norm transformer block: x = rms(x + attn(x)); x = rms(x + mlp(x))."""
+
+    def __init__(self, config: HierarchicalReasoningModel_ACTV1Config):
+        super().__init__()
+        self.self_attn = Attention(hidden_size=config.hidden_size, num_heads=config.num_heads)
+        self.mlp = SwiGLU(hidden_size=config.hidden_size, expansion=config.expansion)
+        self.norm_eps = config.rms_norm_eps
+
+    def forward(self, cos_sin: Optional[CosSin], hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = rms_norm(hidden_states + self.self_attn(cos_sin=cos_sin, hidden_states=hidden_states), self.norm_eps)
+        return rms_norm(hidden_states + self.mlp(hidden_states), self.norm_eps)
+
+
+class HierarchicalReasoningModel_ACTV1ReasoningModule(nn.Module):
+    """A stack of blocks that first adds its input injection to the state it updates."""
+
+    def __init__(self, layers: List[HierarchicalReasoningModel_ACTV1Block]):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, hidden_states: torch.Tensor, input_injection: torch.Tensor, cos_sin: Optional[CosSin]) -> torch.Tensor:
+        hidden_states = hidden_states + input_injection
+        for layer in self.layers:
+            hidden_states = layer(cos_sin=cos_sin, hidden_states=hidden_states)
+        return hidden_states
+
+
+class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
+    """One segment: input embedding, the nested H/L recurrence, the LM head and the Q head."""
+
+    def __init__(self, config: HierarchicalReasoningModel_ACTV1Config):
+        super().__init__()
+        self.config = config
+        self.forward_dtype = getattr(torch, config.forward_dtype)
+
+        hidden = config.hidden_size
+        self.embed_scale = math.sqrt(hidden)
+        embed_init_std = 1.0 / self.embed_scale
+
+        self.embed_tokens = CastedEmbedding(config.vocab_size, hidden, init_std=embed_init_std, cast_to=self.forward_dtype)
+        self.lm_head = CastedLinear(hidden, config.vocab_size, bias=False)
+        self.q_head = CastedLinear(hidden, 2, bias=True)
+
+        # The puzzle embedding takes ceil(puzzle_emb_ndim / hidden) positions in front of the tokens.
+        self.puzzle_emb_len = -(config.puzzle_emb_ndim // -hidden)
+        if config.puzzle_emb_ndim > 0:
+            self.puzzle_emb = CastedSparseEmbedding(
+                config.num_puzzle_identifiers, config.puzzle_emb_ndim, batch_size=config.batch_size, init_std=0, cast_to=self.forward_dtype
+            )
+
+        total_len = config.seq_len + self.puzzle_emb_len
+        if config.pos_encodings == "rope":
+            self.rotary_emb = RotaryEmbedding(dim=hidden // config.num_heads, max_position_embeddings=total_len, base=config.rope_theta)
+        else:
+            self.embed_pos = CastedEmbedding(total_len, hidden, init_std=embed_init_std, cast_to=self.forward_dtype)
+
+        self.H_level = HierarchicalReasoningModel_ACTV1ReasoningModule([HierarchicalReasoningModel_ACTV1Block(config) for _ in range(config.H_layers)])
+        self.L_level = HierarchicalReasoningModel_ACTV1ReasoningModule([HierarchicalReasoningModel_ACTV1Block(config) for _ in range(config.L_layers)])
+
+        # Starting states of a fresh sequence: fixed random vectors, saved with the model.
+        self.register_buffer("H_init", trunc_normal_init_(torch.empty(hidden), std=1).to(self.forward_dtype), persistent=True)
+        self.register_buffer("L_init", trunc_normal_init_(torch.empty(hidden), std=1).to(self.forward_dtype), persistent=True)
+
+        # Q head starts by strongly preferring "continue" (sigmoid(-5) ~ 0.007 for both logits).
+        with torch.no_grad():
+            self.q_head.weight.zero_()
+            self.q_head.bias.fill_(-5)
+
+    def _input_embeddings(self, inputs: torch.Tensor, puzzle_identifiers: torch.Tensor) -> torch.Tensor:
+        hidden = self.config.hidden_size
+        embedding = self.embed_tokens(inputs.to(torch.int32))
+
+        if self.config.puzzle_emb_ndim > 0:
+            puzzle_embedding = self.puzzle_emb(puzzle_identifiers)
+            pad_count = self.puzzle_emb_len * hidden - puzzle_embedding.shape[-1]
+            if pad_count > 0:
+                puzzle_embedding = F.pad(puzzle_embedding, (0, pad_count))
+            embedding = torch.cat((puzzle_embedding.view(-1, self.puzzle_emb_len, hidden), embedding), dim=-2)
+
+        if self.config.pos_encodings == "learned":
+            # Scale the sum by 1/sqrt(2) to keep the forward variance of one embedding.
+            embedding = (1 / math.sqrt(2)) * (embedding + self.embed_pos.embedding_weight.to(self.forward_dtype))
+
+        return self.embed_scale * embedding
+
+    def empty_carry(self, batch_size: int, device: torch.device) -> HierarchicalReasoningModel_ACTV1InnerCarry:
+        # Placeholder states: every sequence is reset from H_init/L_init before its first use.
+        shape = (batch_size, self.config.seq_len + self.puzzle_emb_len, self.config.hidden_size)
+        return HierarchicalReasoningModel_ACTV1InnerCarry(
+            z_H=torch.zeros(shape, dtype=self.forward_dtype, device=device),
+            z_L=torch.zeros(shape, dtype=self.forward_dtype, device=device),
+        )
+
+    def reset_carry(self, reset_flag: torch.Tensor, carry: HierarchicalReasoningModel_ACTV1InnerCarry) -> HierarchicalReasoningModel_ACTV1InnerCarry:
+        flag = reset_flag.view(-1, 1, 1)
+        return HierarchicalReasoningModel_ACTV1InnerCarry(
+            z_H=torch.where(flag, self.H_init, carry.z_H),
+            z_L=torch.where(flag, self.L_init, carry.z_L),
+        )
+
+    def forward(
+        self, carry: HierarchicalReasoningModel_ACTV1InnerCarry, batch: Dict[str, torch.Tensor]
+    ) -> Tuple[HierarchicalReasoningModel_ACTV1InnerCarry, torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        cos_sin = self.rotary_emb() if self.config.pos_encodings == "rope" else None
+        x = self._input_embeddings(batch["inputs"], batch["puzzle_identifiers"])
+        H_cycles, L_cycles = self.config.H_cycles, self.config.L_cycles
+
+        # All updates but the final L and H ones run without gradient.
+        with torch.no_grad():
+            z_H, z_L = carry.z_H, carry.z_L
+            for h in range(H_cycles):
+                for l in range(L_cycles):
+                    if not (h == H_cycles - 1 and l == L_cycles - 1):
+                        z_L = self.L_level(z_L, z_H + x, cos_sin)
+                if h != H_cycles - 1:
+                    z_H = self.H_level(z_H, z_L, cos_sin)
+
+        # One-step gradient: backpropagate through the last L and H updates only.
+        z_L = self.L_level(z_L, z_H + x, cos_sin)
+        z_H = self.H_level(z_H, z_L, cos_sin)
+
+        new_carry = HierarchicalReasoningModel_ACTV1InnerCarry(z_H=z_H.detach(), z_L=z_L.detach())
+        logits = self.lm_head(z_H)[:, self.puzzle_emb_len:]
+        q_logits = self.q_head(z_H[:, 0]).to(torch.float32)
+        return new_carry, logits, (q_logits[..., 0], q_logits[..., 1])
+
+
+class HierarchicalReasoningModel_ACTV1(nn.Module):
+    """The ACT wrapper: per call, reset finished sequences, run one segment, decide who halts."""
+
+    def __init__(self, config_dict: dict):
+        super().__init__()
+        self.config = HierarchicalReasoningModel_ACTV1Config.from_dict(config_dict)
+        self.inner = HierarchicalReasoningModel_ACTV1_Inner(self.config)
+
+    @property
+    def puzzle_emb(self) -> CastedSparseEmbedding:
+        return self.inner.puzzle_emb
+
+    def initial_carry(self, batch: Dict[str, torch.Tensor]) -> HierarchicalReasoningModel_ACTV1Carry:
+        batch_size = batch["inputs"].shape[0]
+        device = batch["inputs"].device
+        return HierarchicalReasoningModel_ACTV1Carry(
+            inner_carry=self.inner.empty_carry(batch_size, device),
+            steps=torch.zeros(batch_size, dtype=torch.int32, device=device),
+            # All halted, so the first call loads every sequence from the batch and resets its state.
+            halted=torch.ones(batch_size, dtype=torch.bool, device=device),
+            current_data={k: torch.zeros_like(v) for k, v in batch.items()},
+        )
+
+    def forward(
+        self, carry: HierarchicalReasoningModel_ACTV1Carry, batch: Dict[str, torch.Tensor]
+    ) -> Tuple[HierarchicalReasoningModel_ACTV1Carry, Dict[str, torch.Tensor]]:
+        # Sequences that halted last call start over on the new batch's rows.
+        halted = carry.halted
+        inner_carry = self.inner.reset_carry(halted, carry.inner_carry)
+        steps = torch.where(halted, 0, carry.steps)
+        current_data = {k: torch.where(halted.view((-1,) + (1,) * (v.ndim - 1)), batch[k], v) for k, v in carry.current_data.items()}
+
+        inner_carry, logits, (q_halt_logits, q_continue_logits) = self.inner(inner_carry, current_data)
+        outputs = {"logits": logits, "q_halt_logits": q_halt_logits, "q_continue_logits": q_continue_logits}
+
+        with torch.no_grad():
+            steps = steps + 1
+            is_last_step = steps >= self.config.halt_max_steps
+            halted = is_last_step
+
+            # Eval runs every sequence for halt_max_steps segments, so batches stay aligned.
+            if self.training and self.config.halt_max_steps > 1:
+                halted = halted | (q_halt_logits > q_continue_logits)
+
+                # Exploration: with probability halt_exploration_prob, a sequence must run for at
+                # least a random number of steps in [2, halt_max_steps].
+                explore = torch.rand_like(q_halt_logits) < self.config.halt_exploration_prob
+                min_halt_steps = explore * torch.randint_like(steps, low=2, high=self.config.halt_max_steps + 1)
+                halted = halted & (steps >= min_halt_steps)
+
+                # Q-learning target for "continue": the value of the next segment's best action,
+                # from one more (gradient-free) segment on the new carry.
+                _, _, (next_q_halt, next_q_continue) = self.inner(inner_carry, current_data)
+                outputs["target_q_continue"] = torch.sigmoid(
+                    torch.where(is_last_step, next_q_halt, torch.maximum(next_q_halt, next_q_continue))
+                )
+
+        return HierarchicalReasoningModel_ACTV1Carry(inner_carry, steps, halted, current_data), outputs

@@ -31,8 +31,9 @@ def stablemax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_i
 
 def softmax_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_LABEL_ID) -> torch.Tensor:
     """Per-token softmax cross-entropy in float32; 0 at ignored positions."""
+    # reshape, not view: logits sliced past the puzzle positions are not contiguous.
     losses = F.cross_entropy(
-        logits.to(torch.float32).view(-1, logits.shape[-1]), labels.to(torch.long).view(-1), ignore_index=ignore_index, reduction="none"
+        logits.to(torch.float32).reshape(-1, logits.shape[-1]), labels.to(torch.long).reshape(-1), ignore_index=ignore_index, reduction="none"
     )
     return losses.view(labels.shape)
 

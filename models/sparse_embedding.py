@@ -94,8 +94,11 @@ class CastedSparseEmbeddingSignSGD_Distributed(Optimizer):
 
 
 def _all_gather(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
+    """Concatenate every process's `tensor` along dim 0, in rank order."""
     gathered = torch.empty((world_size * tensor.shape[0],) + tuple(tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
-    dist.all_gather_into_tensor(gathered, tensor.contiguous())
+    # PyTorch 2.13 renamed all_gather_into_tensor to all_gather_single (same arguments).
+    all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    all_gather_single(gathered, tensor.contiguous())
     return gathered
 
 

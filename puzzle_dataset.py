@@ -1,0 +1,255 @@
+"""Reading a built dataset (SPEC section 3): validation on open, seeded training batches, test pass.
+
+Every rank builds the same global batch from the same seeded RNG and keeps its own slice
+`[rank * local : (rank + 1) * local]`, so the slices of all ranks together are the 1-rank batch.
+"""
+
+import json
+import os
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import pydantic
+import torch
+
+from dataset.common import SET_ARRAY_FIELDS, PuzzleDatasetMetadata
+
+# Label value the losses ignore; the loader turns the dataset's `ignore_label_id` into it.
+IGNORE_LABEL_ID = -100
+
+
+class PuzzleDatasetConfig(pydantic.BaseModel):
+    seed: int
+    dataset_path: str
+    global_batch_size: int
+    test_set_mode: bool
+    epochs_per_iter: int  # epochs per call of __iter__ in training mode
+    rank: int
+    num_replicas: int
+
+
+class _SetArrays:
+    """The five arrays of one set; inputs/labels memory-mapped, the small index arrays in memory."""
+
+    def __init__(self, split_dir: str, set_name: str):
+        paths = {field: os.path.join(split_dir, f"{set_name}__{field}.npy") for field in SET_ARRAY_FIELDS}
+        for path in paths.values():
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{path} not found: the dataset is incomplete; rebuild it with dataset/build_*_dataset.py")
+        self.paths = paths
+        self.inputs = np.load(paths["inputs"], mmap_mode="r")
+        self.labels = np.load(paths["labels"], mmap_mode="r")
+        self.puzzle_identifiers = np.load(paths["puzzle_identifiers"])
+        self.puzzle_indices = np.load(paths["puzzle_indices"])
+        self.group_indices = np.load(paths["group_indices"])
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.inputs)
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.group_indices) - 1
+
+
+class PuzzleDataset(torch.utils.data.IterableDataset):
+    """Yields `(set_name, batch, effective_global_batch_size)`; batch holds int32 tensors
+    `inputs` and `labels` [local_batch, seq_len] and `puzzle_identifiers` [local_batch]."""
+
+    def __init__(self, config: PuzzleDatasetConfig, split: str = "train"):
+        super().__init__()
+        self.config = config
+        self.split = split
+        self._check_batch_size()
+        self.local_batch_size = config.global_batch_size // config.num_replicas
+        self.metadata = self._load_metadata()
+        self._sets = {set_name: _SetArrays(self._split_dir, set_name) for set_name in self.metadata.sets}
+        self._check_arrays()
+        # Training position: iterations completed, and the index of the next batch in the current one.
+        self._iteration = 0
+        self._batch_index = 0
+
+    # -- opening and validation ---------------------------------------------------------------
+
+    @property
+    def _split_dir(self) -> str:
+        return os.path.join(self.config.dataset_path, self.split)
+
+    def _check_batch_size(self) -> None:
+        config = self.config
+        if config.num_replicas < 1 or not 0 <= config.rank < config.num_replicas:
+            raise ValueError(f"rank {config.rank} is not in 0..{config.num_replicas - 1} (num_replicas={config.num_replicas})")
+        if config.global_batch_size < 1 or config.global_batch_size % config.num_replicas != 0:
+            raise ValueError(
+                f"global_batch_size={config.global_batch_size} must be a positive multiple of the world size "
+                f"{config.num_replicas}: choose e.g. global_batch_size="
+                f"{max(1, round(config.global_batch_size / config.num_replicas)) * config.num_replicas}"
+            )
+        if config.epochs_per_iter < 1:
+            raise ValueError(f"epochs_per_iter={config.epochs_per_iter} must be at least 1")
+
+    def _load_metadata(self) -> PuzzleDatasetMetadata:
+        path = os.path.join(self._split_dir, "dataset.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{path} not found: dataset_path must be a folder built by dataset/build_*_dataset.py "
+                f"(holding {self.split}/dataset.json)"
+            )
+        try:
+            with open(path) as metadata_file:
+                return PuzzleDatasetMetadata.model_validate(json.load(metadata_file))
+        except (json.JSONDecodeError, pydantic.ValidationError) as error:
+            raise ValueError(f"{path} is not a valid dataset.json ({error}); rebuild the dataset") from None
+
+    def _check_arrays(self) -> None:
+        """Check dataset.json against the arrays (header-only for the large memory-mapped ones)."""
+        metadata = self.metadata
+        metadata_path = os.path.join(self._split_dir, "dataset.json")
+
+        def fail(path: str, problem: str):
+            raise ValueError(f"{path}: {problem}; the dataset is inconsistent, rebuild it with dataset/build_*_dataset.py")
+
+        total_groups = total_puzzles = total_examples = 0
+        for arrays in self._sets.values():
+            for field in ("inputs", "labels"):
+                array = getattr(arrays, field)
+                if array.ndim != 2 or array.shape[1] != metadata.seq_len:
+                    fail(arrays.paths[field], f"shape {array.shape} disagrees with seq_len={metadata.seq_len} in {metadata_path}")
+            if arrays.labels.shape != arrays.inputs.shape:
+                fail(arrays.paths["labels"], f"shape {arrays.labels.shape} differs from inputs {arrays.inputs.shape}")
+            self._check_offsets(arrays.paths["puzzle_indices"], arrays.puzzle_indices, arrays.num_examples, "examples", fail)
+            num_puzzles = len(arrays.puzzle_indices) - 1
+            self._check_offsets(arrays.paths["group_indices"], arrays.group_indices, num_puzzles, "puzzles", fail)
+            identifiers = arrays.puzzle_identifiers
+            if identifiers.shape != (num_puzzles,):
+                fail(arrays.paths["puzzle_identifiers"], f"shape {identifiers.shape}, expected ({num_puzzles},): one per puzzle")
+            if identifiers.size and (identifiers.min() < 0 or identifiers.max() >= metadata.num_puzzle_identifiers):
+                fail(
+                    arrays.paths["puzzle_identifiers"],
+                    f"identifiers range {identifiers.min()}..{identifiers.max()}, outside 0..{metadata.num_puzzle_identifiers - 1} "
+                    f"(num_puzzle_identifiers in {metadata_path})",
+                )
+            total_groups += arrays.num_groups
+            total_puzzles += num_puzzles
+            total_examples += arrays.num_examples
+
+        if total_groups != metadata.total_groups:
+            fail(metadata_path, f"total_groups={metadata.total_groups} but the group_indices arrays hold {total_groups} groups")
+        mean_examples = total_examples / total_puzzles if total_puzzles else 0.0
+        if not np.isclose(mean_examples, metadata.mean_puzzle_examples, rtol=1e-6, atol=1e-9):
+            fail(metadata_path, f"mean_puzzle_examples={metadata.mean_puzzle_examples} but the arrays hold {mean_examples}")
+
+    @staticmethod
+    def _check_offsets(path: str, offsets: np.ndarray, total: int, what: str, fail) -> None:
+        """CSR offsets: int, start at 0, end at `total`, every entry (puzzle or group) non-empty."""
+        if offsets.ndim != 1 or offsets.size < 1 or not np.issubdtype(offsets.dtype, np.integer):
+            fail(path, f"expected a 1-D integer array of offsets, got {offsets.dtype} {offsets.shape}")
+        if offsets[0] != 0 or offsets[-1] != total:
+            fail(path, f"offsets run {offsets[0]}..{offsets[-1]}, expected 0..{total} ({what})")
+        if np.any(np.diff(offsets) <= 0):
+            fail(path, f"offsets must be strictly increasing (every entry holds at least one of its {what})")
+
+    # -- state -------------------------------------------------------------------------------
+
+    def state_dict(self) -> Dict[str, int]:
+        """Position of the next training batch: restoring it replays exactly the batches that follow."""
+        return {"iteration": self._iteration, "batch_index": self._batch_index}
+
+    def load_state_dict(self, state: Dict[str, int]) -> None:
+        self._iteration = int(state["iteration"])
+        self._batch_index = int(state["batch_index"])
+
+    # -- iteration ---------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Tuple[str, Dict[str, torch.Tensor], int]]:
+        if self.config.test_set_mode:
+            return self._iter_test()
+        return self._iter_train()
+
+    def _collate(self, arrays: _SetArrays, example_indices: np.ndarray, puzzle_indices: np.ndarray) -> Dict[str, torch.Tensor]:
+        """Gather one local batch as int32 tensors; ignored labels become -100; pad a short batch."""
+        inputs = arrays.inputs[example_indices].astype(np.int32)
+        labels = arrays.labels[example_indices].astype(np.int32)
+        identifiers = arrays.puzzle_identifiers[puzzle_indices].astype(np.int32)
+        if self.metadata.ignore_label_id is not None:
+            labels[labels == self.metadata.ignore_label_id] = IGNORE_LABEL_ID
+        pad = self.local_batch_size - len(example_indices)
+        if pad:
+            inputs = np.pad(inputs, ((0, pad), (0, 0)), constant_values=self.metadata.pad_id)
+            labels = np.pad(labels, ((0, pad), (0, 0)), constant_values=IGNORE_LABEL_ID)
+            identifiers = np.pad(identifiers, (0, pad), constant_values=self.metadata.blank_identifier_id)
+        return {
+            "inputs": torch.from_numpy(inputs),
+            "labels": torch.from_numpy(labels),
+            "puzzle_identifiers": torch.from_numpy(identifiers),
+        }
+
+    def _local_slice(self) -> slice:
+        return slice(self.config.rank * self.local_batch_size, (self.config.rank + 1) * self.local_batch_size)
+
+    def _iter_test(self):
+        """Every example once, in order; the last global batch is padded, its true size reported."""
+        global_batch_size = self.config.global_batch_size
+        for set_name, arrays in self._sets.items():
+            for start in range(0, arrays.num_examples, global_batch_size):
+                stop = min(start + global_batch_size, arrays.num_examples)
+                local = self._local_slice()
+                example_indices = np.arange(start, stop)[local]
+                puzzle_indices = np.searchsorted(arrays.puzzle_indices, example_indices, side="right") - 1
+                yield set_name, self._collate(arrays, example_indices, puzzle_indices), stop - start
+
+    def _train_batches(self, set_index: int, arrays: _SetArrays) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+        """Global batches (example indices, puzzle indices) of one set for the current iteration.
+
+        As the original: the RNG is Philox seeded with seed + a counter that starts at 1 and
+        advances once per set per iteration; group order is one permutation per epoch; each group
+        contributes one random puzzle and up to the remaining room of its examples, drawn without
+        replacement; the last incomplete batch is dropped.
+        """
+        counter = self._iteration * len(self._sets) + set_index + 1
+        rng = np.random.Generator(np.random.Philox(seed=self.config.seed + counter))
+        group_order = np.concatenate([rng.permutation(arrays.num_groups) for _ in range(self.config.epochs_per_iter)])
+        global_batch_size = self.config.global_batch_size
+        position = 0
+        while position < len(group_order):
+            example_parts, puzzle_parts = [], []
+            size = 0
+            while position < len(group_order) and size < global_batch_size:
+                group = group_order[position]
+                position += 1
+                puzzle = rng.integers(arrays.group_indices[group], arrays.group_indices[group + 1])
+                first_example = arrays.puzzle_indices[puzzle]
+                puzzle_size = int(arrays.puzzle_indices[puzzle + 1] - first_example)
+                take = min(puzzle_size, global_batch_size - size)
+                # A one-example puzzle needs no draw: this keeps Sudoku/Maze batches identical to
+                # the original loader's, whose example draw used an unseeded global RNG.
+                chosen = np.zeros(1, dtype=np.int64) if puzzle_size == 1 else rng.choice(puzzle_size, take, replace=False)
+                example_parts.append(first_example + chosen)
+                puzzle_parts.append(np.full(take, puzzle, dtype=np.int64))
+                size += take
+            if size < global_batch_size:
+                return
+            yield np.concatenate(example_parts), np.concatenate(puzzle_parts)
+
+    def _iter_train(self):
+        """One iteration (`epochs_per_iter` epochs of every set), resuming at the saved batch index."""
+        iteration = self._iteration
+        batch_index = 0
+        for set_index, (set_name, arrays) in enumerate(self._sets.items()):
+            batches = self._train_batches(set_index, arrays)
+            upcoming = next(batches, None)
+            while upcoming is not None:
+                example_indices, puzzle_indices = upcoming
+                # Look one batch ahead so the state after the last batch already points at the next iteration.
+                upcoming = next(batches, None)
+                if batch_index >= self._batch_index:
+                    local = self._local_slice()
+                    batch = self._collate(arrays, example_indices[local], puzzle_indices[local])
+                    if upcoming is None and set_index == len(self._sets) - 1:
+                        self._iteration, self._batch_index = iteration + 1, 0
+                    else:
+                        self._batch_index = batch_index + 1
+                    yield set_name, batch, len(example_indices)
+                batch_index += 1
+        if self._iteration == iteration:  # ended without yielding a last batch (e.g. resumed at the end)
+            self._iteration, self._batch_index = iteration + 1, 0

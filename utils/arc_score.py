@@ -38,6 +38,9 @@ GRID_SIZE = 30
 COLOUR_OFFSET = 2
 NUM_COLOURS = 10
 BLANK_IDENTIFIER = 0
+# The ARC colours 0..9 as shown on arcprize.org (also used by puzzle_visualizer.html).
+ARC_COLOURS = ["#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00",
+               "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF", "#870C25"]
 
 # `<task>_t<dihedral id>_<colour permutation, 10 digits>`; the digit at position c is the colour
 # that original colour c became.
@@ -324,6 +327,16 @@ class ArcResults:
         lines += [f"pass@{k}: {self.pass_at[k]:.4f} ({self.solved(k)}/{len(self.tasks)})" for k in self.pass_at]
         return "\n".join(lines)
 
+    def report(self) -> str:
+        """One line per task: solved at 1 and 2, and per test input the answer's rank."""
+        width = max([len(name) for name in self.tasks] + [4])
+        lines = [f"{'task':<{width}}  pass@1  pass@2  answer rank / candidates per test input"]
+        for name, task in self.tasks.items():
+            ranks = "  ".join(f"{t.correct_rank or '-'}/{len(t.candidates)}" for t in task.test_inputs)
+            lines.append(f"{name:<{width}}  {'yes' if task.solved_at(1) else 'no':<6}  "
+                         f"{'yes' if task.solved_at(2) else 'no':<6}  {ranks}")
+        return "\n".join(lines)
+
     def to_json(self, max_candidates: int = 10) -> dict:
         """Scores and per-task details; each test input lists its top `max_candidates` grids."""
         return {
@@ -408,6 +421,40 @@ def submission(results: ArcResults) -> Dict[str, List[Dict[str, List[List[int]]]
 def write_submission(results: ArcResults, path: str) -> None:
     with open(path, "w") as f:
         json.dump(submission(results), f)
+
+
+def plot_task(task: TaskResult, top: int = 3):
+    """A matplotlib figure with, per test input, its input, true output and top `top` candidates."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    cmap = ListedColormap(ARC_COLOURS)
+    columns = 2 + top
+    fig, axes = plt.subplots(len(task.test_inputs), columns, figsize=(2.2 * columns, 2.5 * len(task.test_inputs)),
+                             squeeze=False)
+    for row, t in zip(axes, task.test_inputs):
+        panels = [(f"test input {t.index}", t.input, "black"), ("true output", t.target, "black")]
+        for rank, c in enumerate(t.candidates[:top], start=1):
+            right = rank == t.correct_rank
+            votes = f"{c.votes} vote" + ("s" if c.votes != 1 else "")
+            panels.append((f"#{rank}: {votes}, q {c.mean_q:.2f}", c.grid, "green" if right else "red"))
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.axis("off")
+        for ax, (title, grid, colour) in zip(row, panels):
+            ax.axis("on")
+            ax.imshow(grid, cmap=cmap, vmin=0, vmax=len(ARC_COLOURS) - 1, interpolation="nearest")
+            # Thin cell borders, as ARC grids are usually drawn.
+            ax.set_xticks(np.arange(-0.5, grid.shape[1]), minor=True)
+            ax.set_yticks(np.arange(-0.5, grid.shape[0]), minor=True)
+            ax.grid(which="minor", color="#555555", linewidth=0.5)
+            ax.tick_params(which="both", length=0)
+            ax.set_title(title, fontsize=9, color=colour)
+    k = next((k for k in PASS_AT_K if task.solved_at(k)), None)
+    fig.suptitle(f"{task.name}: " + (f"solved at pass@{k}" if k else f"not solved within pass@{PASS_AT_K[-1]}"))
+    fig.tight_layout()
+    return fig
 
 
 # ----------------------------------------------------------------------------------------------

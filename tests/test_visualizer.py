@@ -5,6 +5,7 @@ requests, and opened as `puzzle_visualizer.html?base=data/`, the page's second w
 the folder picker. The test reads the drawn cells back from the DOM.
 """
 
+import csv
 import functools
 import http.server
 import json
@@ -21,6 +22,8 @@ from dataset.common import dihedral_transform
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER),
@@ -72,8 +75,6 @@ def served(tmp_path):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    from selenium.webdriver.chrome.service import Service
-
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     # Offline machine: without the background-networking flags Chromium waits on refused connections.
@@ -87,8 +88,6 @@ def browser(tmp_path_factory):
 
 
 def wait_shown(driver, expected):
-    from selenium.webdriver.support.ui import WebDriverWait
-
     def shown(d):
         status = d.find_element("id", "status")
         if "error" in (status.get_attribute("class") or ""):
@@ -112,99 +111,73 @@ def click(driver, element_id):
 
 
 # ----------------------------------------------------------------------------------------------
-# Small datasets written by hand in the builders' format (SPEC section 2).
+# Datasets made by our builders: the shipped ARC example (tests/make_arc_example.py runs the ARC
+# builder) and sudoku / maze datasets built from the shipped sample CSVs.
+
+ARC_EXAMPLE = os.path.join(REPO, "tests", "data", "arc_example", "data")
+RAW_ARC = os.path.join(REPO, "dataset", "raw-data", "ARC-AGI", "data", "evaluation")
+SAMPLES = os.path.join(REPO, "dataset", "samples")
 
 
-def write_split(folder, puzzles, groups, seq_len, vocab_size, identifiers):
-    """puzzles: list of (name, [(input tokens, label tokens)]); groups: puzzles per group."""
-    os.makedirs(folder)
-    rows = [example for _, examples in puzzles for example in examples]
-    arrays = {
-        "inputs": np.array([r[0] for r in rows], dtype=np.uint8),
-        "labels": np.array([r[1] for r in rows], dtype=np.uint8),
-        "puzzle_identifiers": np.array([identifiers.index(name) for name, _ in puzzles], dtype=np.int32),
-        "puzzle_indices": np.cumsum([0] + [len(e) for _, e in puzzles]).astype(np.int32),
-        "group_indices": np.cumsum([0] + groups).astype(np.int32),
-    }
-    for key, value in arrays.items():
-        np.save(os.path.join(folder, f"all__{key}.npy"), value)
-    with open(os.path.join(folder, "dataset.json"), "w") as f:
-        json.dump(dict(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=vocab_size, seq_len=seq_len,
-                       num_puzzle_identifiers=len(identifiers), total_groups=len(groups),
-                       mean_puzzle_examples=len(rows) / len(puzzles), sets=["all"]), f)
+def raw_task(name):
+    with open(os.path.join(RAW_ARC, f"{name}.json")) as f:
+        return json.load(f)
 
 
-def write_dataset(root, splits, seq_len, vocab_size):
-    """splits: split -> (puzzles, groups)."""
-    names = {name for puzzles, _ in splits.values() for name, _ in puzzles} - {"<blank>"}
-    identifiers = ["<blank>"] + sorted(names)
-    os.makedirs(root)
-    with open(os.path.join(root, "identifiers.json"), "w") as f:
-        json.dump(identifiers, f)
-    for split, (puzzles, groups) in splits.items():
-        write_split(os.path.join(root, split), puzzles, groups, seq_len, vocab_size, identifiers)
+def as_text(grid):
+    return [[str(v) for v in row] for row in np.asarray(grid).tolist()]
 
 
-def arc_tokens(grid, top=0, left=0):
-    grid = np.asarray(grid, dtype=np.uint8)
-    h, w = grid.shape
-    canvas = np.zeros((30, 30), dtype=np.uint8)
-    canvas[top:top + h, left:left + w] = grid + 2
-    if top + h < 30:
-        canvas[top + h, left:left + w] = 1
-    if left + w < 30:
-        canvas[top:top + h, left + w] = 1
-    return canvas.reshape(-1)
-
-
-# ----------------------------------------------------------------------------------------------
+def first_csv_question(path):
+    with open(path) as f:
+        return next(csv.DictReader(f))["question"]
 
 
 def test_arc_dataset_drawn_with_names_and_colours(served, browser, tmp_path):
     url, site, requests = served
-    a_in, a_out = np.array([[0, 1, 2], [3, 4, 5]]), np.array([[6, 7], [8, 9]])
-    b_in, b_out = np.array([[5]]), np.array([[1, 1, 1]])
-    perm = "0987654321"
-    colours = np.array([int(d) for d in perm])
-    aug = lambda g: dihedral_transform(colours[g], 1)
-    train = ([("task_a", [(arc_tokens(a_in, 3, 4), arc_tokens(a_out, 3, 4)), (arc_tokens(b_in), arc_tokens(b_out))]),
-              (f"task_a_t1_{perm}", [(arc_tokens(aug(a_in)), arc_tokens(aug(a_out)))]),
-              ("task_b", [(arc_tokens(b_out), arc_tokens(b_in))])], [2, 1])
-    test = ([("task_b", [(arc_tokens(b_in), arc_tokens(b_out))])], [1])
-    write_dataset(str(site / "data"), {"train": train, "test": test}, 900, 12)
+    shutil.copytree(ARC_EXAMPLE, site / "data")
+    with open(site / "data" / "identifiers.json") as f:
+        names = json.load(f)
+    task = raw_task("00576224")
 
     browser.get(url + "puzzle_visualizer.html?base=data/")
     wait_shown(browser, "train/all/0/0/0")
-    assert browser.find_element("id", "puzzle-name").text == "task_a"
+    assert browser.find_element("id", "puzzle-name").text == "00576224"
+    assert browser.find_element("id", "augmentation").text.endswith("original")
+    # Train examples are translated on the canvas; the page draws the grid itself.
     values, backgrounds = drawn(browser, "input")
-    # Translated by (3, 4) in the canvas; drawn as the grid itself.
-    assert values == [[str(v) for v in row] for row in a_in.tolist()]
-    assert backgrounds == [[ARC_RGB[v] for v in row] for row in a_in.tolist()]
-    assert drawn(browser, "label")[0] == [[str(v) for v in row] for row in a_out.tolist()]
-    assert browser.find_element("id", "label-size").text == "2x2"
+    assert values == as_text(task["train"][0]["input"])
+    assert backgrounds == [[ARC_RGB[v] for v in row] for row in task["train"][0]["input"]]
+    assert drawn(browser, "label")[0] == as_text(task["train"][0]["output"])
+    assert browser.find_element("id", "label-size").text == "6x6"
 
     click(browser, "example-next")
     wait_shown(browser, "train/all/0/0/1")
-    assert drawn(browser, "label")[0] == [["1", "1", "1"]]
+    assert drawn(browser, "input")[0] == as_text(task["train"][1]["input"])
 
+    # The next puzzle of the group is the first augmented copy: colours mapped, then transformed.
     click(browser, "puzzle-next")
     wait_shown(browser, "train/all/0/1/0")
-    assert browser.find_element("id", "puzzle-name").text == f"task_a_t1_{perm}"
-    assert "augmented copy of task_a: rot90" in browser.find_element("id", "augmentation").text
-    values, backgrounds = drawn(browser, "input")
-    assert values == [[str(v) for v in row] for row in aug(a_in).tolist()]
-    assert backgrounds[0][0] == ARC_RGB[aug(a_in)[0, 0]]
+    name = names[2]
+    assert browser.find_element("id", "puzzle-name").text == name
+    transform, colour_map = int(name.split("_t")[1][0]), np.array([int(d) for d in name[-10:]])
+    expected = dihedral_transform(colour_map[np.array(task["train"][0]["input"])], transform)
+    assert drawn(browser, "input")[0] == as_text(expected)
 
     click(browser, "group-next")
     wait_shown(browser, "train/all/1/0/0")
-    assert browser.find_element("id", "puzzle-name").text == "task_b"
-    assert browser.find_element("id", "group-count").text == "2"
+    assert browser.find_element("id", "puzzle-name").text == "0c786b71"
+    assert browser.find_element("id", "group-count").text == "4"
 
-    from selenium.webdriver.support.ui import Select
     Select(browser.find_element("id", "split")).select_by_value("test")
     wait_shown(browser, "test/all/0/0/0")
-    assert browser.find_element("id", "puzzle-name").text == "task_b"
-    assert drawn(browser, "input")[0] == [["5"]]
+    browser.find_element("id", "group").clear()
+    browser.find_element("id", "group").send_keys("3\n")
+    wait_shown(browser, "test/all/3/0/0")
+    click(browser, "example-next")
+    wait_shown(browser, "test/all/3/0/1")
+    assert browser.find_element("id", "puzzle-name").text == "da2b0fe3"
+    assert drawn(browser, "label")[0] == as_text(raw_task("da2b0fe3")["test"][1]["output"])
 
     shot = tmp_path / "visualizer.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 1000
@@ -216,44 +189,46 @@ def test_arc_dataset_drawn_with_names_and_colours(served, browser, tmp_path):
 def test_folder_picker_finds_the_dataset_inside_the_picked_folder(served, browser):
     """The user's path: a file:// page and the folder picker (here the dataset's parent folder)."""
     _, site, _ = served
-    b_in, b_out = np.array([[7, 0], [0, 7]]), np.array([[2]])
-    write_dataset(str(site / "data" / "arc-tiny"), {"test": ([("only", [(arc_tokens(b_in), arc_tokens(b_out))])], [1])},
-                  900, 12)
+    shutil.copytree(ARC_EXAMPLE, site / "datasets" / "arc-example")
     browser.get("file://" + str(site / "puzzle_visualizer.html"))
-    browser.find_element("id", "folder").send_keys(str(site / "data"))
-    wait_shown(browser, "test/all/0/0/0")
-    assert browser.find_element("id", "puzzle-name").text == "only"
-    assert drawn(browser, "input")[0] == [["7", "0"], ["0", "7"]]
-    assert "data/arc-tiny" in browser.find_element("id", "status").text
+    browser.find_element("id", "folder").send_keys(str(site / "datasets"))
+    wait_shown(browser, "train/all/0/0/0")
+    assert browser.find_element("id", "puzzle-name").text == "00576224"
+    assert drawn(browser, "input")[0] == as_text(raw_task("00576224")["train"][0]["input"])
+    assert "datasets/arc-example" in browser.find_element("id", "status").text
 
 
 def test_sudoku_and_maze_drawn_as_characters(served, browser):
+    from dataset.build_maze_dataset import MazeBuildConfig, build_maze_dataset
+    from dataset.build_sudoku_dataset import SudokuBuildConfig, build_sudoku_dataset
+
     url, site, _ = served
-    question = np.array([0, 5, 3] + [0] * 78) + 1  # digit d stored as d + 1, blank as 1
-    answer = np.arange(81) % 9 + 2
-    write_dataset(str(site / "sudoku"), {"test": ([("<blank>", [(question, answer)])], [1])}, 81, 11)
-    maze = np.full(900, 2)
-    maze[:30] = 1
-    maze[31], maze[32], maze[33] = 3, 5, 4
-    write_dataset(str(site / "maze"), {"train": ([("<blank>", [(maze, maze)])], [1])}, 900, 6)
+    sudoku, maze = os.path.join(SAMPLES, "sudoku-extreme"), os.path.join(SAMPLES, "maze-30x30-hard")
+    build_sudoku_dataset(SudokuBuildConfig(source_repo=sudoku, output_dir=str(site / "sudoku"), subsample_size=2))
+    build_maze_dataset(MazeBuildConfig(source_repo=maze, output_dir=str(site / "maze"), subsample_size=2))
 
     browser.get(url + "puzzle_visualizer.html?base=sudoku")
+    wait_shown(browser, "train/all/0/0/0")
+    Select(browser.find_element("id", "split")).select_by_value("test")
     wait_shown(browser, "test/all/0/0/0")
+    question = first_csv_question(os.path.join(sudoku, "test.csv"))
     values = drawn(browser, "input")[0]
-    assert len(values) == 9 and values[0][:3] == ["", "5", "3"]
-    assert drawn(browser, "label")[0][1] == [str(d) for d in range(1, 10)]
+    assert [cell for row in values for cell in row] == [c if c != "." else "" for c in question]
     assert browser.find_element("id", "puzzle-name").text == "<blank>"
 
     browser.get(url + "puzzle_visualizer.html?base=maze/")
     wait_shown(browser, "train/all/0/0/0")
+    Select(browser.find_element("id", "split")).select_by_value("test")
+    wait_shown(browser, "test/all/0/0/0")
     values, backgrounds = drawn(browser, "input")
-    assert len(values) == 30 and values[0] == ["#"] * 30 and values[1][:5] == [" ", "S", "o", "G", " "]
-    assert backgrounds[0][0] == "rgb(51, 51, 51)"
+    assert ["".join(row) for row in values] == [first_csv_question(os.path.join(maze, "test.csv"))[r * 30:(r + 1) * 30]
+                                                for r in range(30)]
+    walls = [bg for row, bg_row in zip(values, backgrounds) for v, bg in zip(row, bg_row) if v == "#"]
+    assert walls and set(walls) == {"rgb(51, 51, 51)"}
 
 
 def test_missing_dataset_shows_an_error(served, browser):
     url, _, _ = served
     browser.get(url + "puzzle_visualizer.html?base=nowhere/")
-    from selenium.webdriver.support.ui import WebDriverWait
     WebDriverWait(browser, 20).until(lambda d: d.find_element("id", "status").get_attribute("class") == "error")
     assert "identifiers.json: HTTP 404" in browser.find_element("id", "status").text

@@ -163,7 +163,13 @@ def resolve_source_csv(source_repo: str, split: str) -> str:
         )
     from huggingface_hub import hf_hub_download  # only needed (and slow to import) for downloads
 
-    return hf_hub_download(source_repo, file_name, repo_type="dataset")
+    try:
+        return hf_hub_download(source_repo, file_name, repo_type="dataset")
+    except OSError as error:  # network and Hub errors (not found, offline, gated) are all OSErrors
+        raise DatasetError(
+            f"could not download {file_name} of the Hugging Face dataset {source_repo} ({error}); check the "
+            f"network and the id, or pass --source-repo a local folder holding train.csv and test.csv"
+        ) from error
 
 
 class PuzzleCSV(NamedTuple):

@@ -137,6 +137,24 @@ def test_resolve_source_csv_local_folder_and_errors(tmp_path):
         resolve_source_csv(str(tmp_path / "no" / "such" / "folder"), "train")
 
 
+def test_resolve_source_csv_downloads_hub_ids_and_explains_failures(monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    def fake_download(repo_id, filename, repo_type):
+        calls.append((repo_id, filename, repo_type))
+        if filename == "test.csv":
+            raise huggingface_hub.errors.LocalEntryNotFoundError("offline")
+        return "/cache/train.csv"
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    assert resolve_source_csv("sapientinc/sudoku-extreme", "train") == "/cache/train.csv"
+    with pytest.raises(DatasetError, match=r"could not download test.csv of the Hugging Face dataset sapientinc/sudoku-extreme \(offline\)"):
+        resolve_source_csv("sapientinc/sudoku-extreme", "test")
+    assert calls == [("sapientinc/sudoku-extreme", "train.csv", "dataset"), ("sapientinc/sudoku-extreme", "test.csv", "dataset")]
+
+
 # -- command line -------------------------------------------------------------------------------
 
 

@@ -1,0 +1,254 @@
+"""PuzzleDataset: validation on open, test pass coverage and padding, seeded training batches,
+rank slices, resumable position."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from dataset.build_maze_dataset import MazeBuildConfig, build_maze_dataset
+from dataset.common import PuzzleDatasetMetadata, save_set_arrays, write_json, write_split_metadata
+from puzzle_dataset import IGNORE_LABEL_ID, PuzzleDataset, PuzzleDatasetConfig
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEQ_LEN = 4
+
+
+def puzzle_sizes_and_groups(puzzles_per_group):
+    """Puzzle p has (p % 3) + 1 examples; group g has puzzles_per_group[g] puzzles."""
+    num_puzzles = sum(puzzles_per_group)
+    puzzle_sizes = [(puzzle % 3) + 1 for puzzle in range(num_puzzles)]
+    return puzzle_sizes, np.concatenate([[0], np.cumsum(puzzles_per_group)])
+
+
+def write_dataset(root, puzzles_per_group=(1, 2, 3, 1, 2, 3, 1), **metadata_overrides):
+    """Example i has inputs [i+1, i+1, i+1, i+1] and labels [0, i+1, 0, i+1] (0 = ignored);
+    puzzle p has identifier p + 1. Both splits are identical."""
+    puzzle_sizes, group_indices = puzzle_sizes_and_groups(puzzles_per_group)
+    num_examples = sum(puzzle_sizes)
+    values = np.arange(1, num_examples + 1, dtype=np.uint8)[:, None]
+    arrays = {
+        "inputs": np.repeat(values, SEQ_LEN, axis=1),
+        "labels": np.concatenate([np.zeros_like(values), values] * (SEQ_LEN // 2), axis=1),
+        "puzzle_identifiers": np.arange(1, len(puzzle_sizes) + 1),
+        "puzzle_indices": np.concatenate([[0], np.cumsum(puzzle_sizes)]),
+        "group_indices": group_indices,
+    }
+    metadata = dict(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=256, seq_len=SEQ_LEN,
+                    num_puzzle_identifiers=len(puzzle_sizes) + 1, total_groups=len(puzzles_per_group),
+                    mean_puzzle_examples=num_examples / len(puzzle_sizes), sets=["all"])
+    metadata.update(metadata_overrides)
+    for split in ("train", "test"):
+        save_set_arrays(str(root), split, "all", arrays)
+        write_split_metadata(str(root), split, PuzzleDatasetMetadata(**metadata))
+    write_json(os.path.join(root, "identifiers.json"), ["<blank>"] + [f"p{index}" for index in range(len(puzzle_sizes))])
+    return str(root), arrays
+
+
+def make(path, split="train", **overrides):
+    config = dict(seed=0, dataset_path=path, global_batch_size=4, test_set_mode=split == "test", epochs_per_iter=1, rank=0, num_replicas=1)
+    config.update(overrides)
+    return PuzzleDataset(PuzzleDatasetConfig(**config), split=split)
+
+
+def example_ids(batch):
+    """Example index of each row (inputs were written as index + 1); -1 for padding rows."""
+    return batch["inputs"][:, 0].long() - 1
+
+
+def puzzle_of(arrays, examples):
+    return np.searchsorted(arrays["puzzle_indices"], examples, side="right") - 1
+
+
+def concat_ranks(path, split, world_size, **overrides):
+    """Per step, the batches of all ranks concatenated."""
+    per_rank = [list(make(path, split, rank=rank, num_replicas=world_size, **overrides)) for rank in range(world_size)]
+    steps = []
+    for step in zip(*per_rank):
+        assert len({set_name for set_name, _, _ in step}) == 1 and len({size for _, _, size in step}) == 1
+        steps.append({key: torch.cat([batch[key] for _, batch, _ in step]) for key in step[0][1]})
+    return steps
+
+
+# -- test mode -------------------------------------------------------------------------------
+
+
+def test_test_pass_covers_every_example_once_with_padded_last_batch(tmp_path):
+    path, arrays = write_dataset(tmp_path)
+    num_examples = len(arrays["inputs"])  # 25
+    batches = list(make(path, "test", global_batch_size=4))
+    assert [size for _, _, size in batches] == [4] * 6 + [1]
+    seen = torch.cat([example_ids(batch)[:size] for _, batch, size in batches])
+    assert seen.tolist() == list(range(num_examples))
+    for _, batch, size in batches:
+        assert set(batch) == {"inputs", "labels", "puzzle_identifiers"}
+        assert all(tensor.dtype == torch.int32 for tensor in batch.values())
+        assert batch["inputs"].shape == (4, SEQ_LEN) and batch["puzzle_identifiers"].shape == (4,)
+        real = example_ids(batch)[:size].numpy()
+        np.testing.assert_array_equal(batch["puzzle_identifiers"][:size], puzzle_of(arrays, real) + 1)
+        np.testing.assert_array_equal(batch["labels"][:size, 0], IGNORE_LABEL_ID)  # label 0 is ignored
+        np.testing.assert_array_equal(batch["labels"][:size, 1], real + 1)
+    last = batches[-1][1]
+    assert (last["inputs"][1:] == 0).all() and (last["labels"][1:] == IGNORE_LABEL_ID).all() and (last["puzzle_identifiers"][1:] == 0).all()
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_test_pass_rank_slices_together_equal_the_one_rank_batch(tmp_path, world_size):
+    path, _ = write_dataset(tmp_path)
+    one_rank = [batch for _, batch, _ in make(path, "test", global_batch_size=4)]
+    many_ranks = concat_ranks(path, "test", world_size, global_batch_size=4)
+    assert len(one_rank) == len(many_ranks)
+    for single, joined in zip(one_rank, many_ranks):
+        for key in single:
+            assert torch.equal(single[key], joined[key])
+
+
+def test_built_maze_test_split_is_covered(tmp_path):
+    build_maze_dataset(MazeBuildConfig(source_repo=os.path.join(REPO_ROOT, "dataset", "samples", "maze-30x30-hard"), output_dir=str(tmp_path / "maze")))
+    dataset = make(str(tmp_path / "maze"), "test", global_batch_size=32, num_replicas=2, rank=1)
+    assert dataset.metadata.seq_len == 900 and dataset.local_batch_size == 16
+    batches = list(dataset)
+    assert [size for _, _, size in batches] == [32, 32, 32, 4]
+    labels = np.load(tmp_path / "maze" / "test" / "all__labels.npy")
+    np.testing.assert_array_equal(batches[0][1]["labels"].numpy(), labels[16:32])
+    assert (batches[-1][1]["labels"] == IGNORE_LABEL_ID).all(), "rank 1 holds only padding in the last batch"
+
+
+# -- training mode ---------------------------------------------------------------------------
+
+
+def train_batches(dataset):
+    return [(set_name, batch, size) for set_name, batch, size in dataset]
+
+
+def test_training_batches_are_full_consistent_and_one_puzzle_per_group_visit(tmp_path):
+    path, arrays = write_dataset(tmp_path)
+    batches = train_batches(make(path, global_batch_size=4))
+    assert batches and all(size == 4 and batch["inputs"].shape == (4, SEQ_LEN) for _, batch, size in batches)
+    visited_puzzles = {}
+    for _, batch, _ in batches:
+        examples = example_ids(batch).numpy()
+        puzzles = puzzle_of(arrays, examples)
+        np.testing.assert_array_equal(batch["puzzle_identifiers"], puzzles + 1)
+        assert len(set(examples.tolist())) == len(examples), "examples of a puzzle are drawn without replacement"
+        for puzzle in puzzles:
+            group = np.searchsorted(arrays["group_indices"], puzzle, side="right") - 1
+            visited_puzzles.setdefault(group, set()).add(puzzle)
+    assert all(len(puzzles) == 1 for puzzles in visited_puzzles.values()), "one epoch visits each group once"
+
+
+def test_one_example_puzzles_follow_the_original_sampling_order(tmp_path):
+    """Sudoku/Maze-like data: Philox(seed + 1) shuffles the groups, then one puzzle per group."""
+    one_example = tmp_path / "one_example"
+    num_puzzles = 30  # 10 groups of 3 one-example puzzles
+    group_indices = np.arange(0, num_puzzles + 1, 3)
+    arrays = {"inputs": np.repeat(np.arange(1, num_puzzles + 1, dtype=np.uint8)[:, None], SEQ_LEN, axis=1),
+              "puzzle_identifiers": np.zeros(num_puzzles), "puzzle_indices": np.arange(num_puzzles + 1), "group_indices": group_indices}
+    arrays["labels"] = arrays["inputs"]
+    for split in ("train", "test"):
+        save_set_arrays(str(one_example), split, "all", arrays)
+        write_split_metadata(str(one_example), split, PuzzleDatasetMetadata(
+            pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=256, seq_len=SEQ_LEN, num_puzzle_identifiers=1,
+            total_groups=10, mean_puzzle_examples=1, sets=["all"]))
+
+    rng = np.random.Generator(np.random.Philox(seed=5 + 1))
+    order = np.concatenate([rng.permutation(10) for _ in range(2)])
+    expected = [rng.integers(group_indices[group], group_indices[group + 1]) for group in order]
+    batches = train_batches(make(str(one_example), seed=5, epochs_per_iter=2, global_batch_size=4))
+    assert len(batches) == 5  # 20 group visits, 4 per batch
+    np.testing.assert_array_equal(torch.cat([example_ids(batch) for _, batch, _ in batches]), expected)
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_training_rank_slices_together_equal_the_one_rank_batch(tmp_path, world_size):
+    path, _ = write_dataset(tmp_path)
+    one_rank = [batch for _, batch, _ in make(path, global_batch_size=8, epochs_per_iter=3)]
+    many_ranks = concat_ranks(path, "train", world_size, global_batch_size=8, epochs_per_iter=3)
+    assert len(one_rank) == len(many_ranks) > 1
+    for single, joined in zip(one_rank, many_ranks):
+        for key in single:
+            assert torch.equal(single[key], joined[key])
+
+
+def flat(batches):
+    return torch.cat([batch["inputs"] for _, batch, _ in batches])
+
+
+def test_training_is_seeded_and_each_iteration_differs(tmp_path):
+    path, _ = write_dataset(tmp_path)
+    dataset = make(path, epochs_per_iter=4)
+    first, second = train_batches(dataset), train_batches(dataset)
+    assert dataset.state_dict() == {"iteration": 2, "batch_index": 0}
+    assert torch.equal(flat(first), flat(train_batches(make(path, epochs_per_iter=4))))
+    assert not torch.equal(flat(first[:3]), flat(second[:3]))
+    assert not torch.equal(flat(first[:3]), flat(train_batches(make(path, epochs_per_iter=4, seed=1))[:3]))
+
+
+def test_resuming_from_state_dict_yields_exactly_the_following_batches(tmp_path):
+    path, _ = write_dataset(tmp_path)
+    reference = make(path, epochs_per_iter=3)
+    expected = train_batches(reference) + train_batches(reference)
+    num_first = len(expected) // 2
+    for stop in (0, 1, num_first - 1, num_first, num_first + 2):
+        dataset = make(path, epochs_per_iter=3)
+        iterator, consumed = iter(dataset), 0
+        while consumed < stop:
+            if next(iterator, None) is None:  # iteration ended: the next __iter__ continues
+                iterator = iter(dataset)
+                continue
+            consumed += 1
+        state = dataset.state_dict()
+        if stop == num_first:
+            assert state == {"iteration": 1, "batch_index": 0}, "after the last batch the state points at the next iteration"
+        resumed = make(path, epochs_per_iter=3)
+        resumed.load_state_dict(state)
+        replay = train_batches(resumed) + train_batches(resumed)
+        assert torch.equal(flat(replay[: len(expected) - stop]), flat(expected[stop:])), f"resume after {stop} batches"
+
+
+# -- validation on open ----------------------------------------------------------------------
+
+
+def test_global_batch_size_must_divide_by_world_size(tmp_path):
+    path, _ = write_dataset(tmp_path)
+    with pytest.raises(ValueError, match=r"global_batch_size=10 must be a positive multiple of the world size 3: choose e.g. global_batch_size=9"):
+        make(path, global_batch_size=10, num_replicas=3)
+    with pytest.raises(ValueError, match=r"rank 2 is not in 0..1"):
+        make(path, rank=2, num_replicas=2)
+
+
+def test_missing_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nowhere/train/dataset.json not found: dataset_path must be a folder built by dataset/build_\*_dataset.py"):
+        make(str(tmp_path / "nowhere"))
+    path, _ = write_dataset(tmp_path / "data")
+    os.remove(os.path.join(path, "test", "all__labels.npy"))
+    with pytest.raises(FileNotFoundError, match=r"test/all__labels.npy not found: the dataset is incomplete"):
+        make(path, "test")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"seq_len": 5}, r"all__inputs.npy: shape \(25, 4\) disagrees with seq_len=5 in .*dataset.json"),
+        ({"total_groups": 9}, r"dataset.json: total_groups=9 but the group_indices arrays hold 7 groups"),
+        ({"mean_puzzle_examples": 2.5}, r"dataset.json: mean_puzzle_examples=2.5 but the arrays hold 1.923"),
+        ({"num_puzzle_identifiers": 3}, r"all__puzzle_identifiers.npy: identifiers range 1..13, outside 0..2"),
+    ],
+)
+def test_metadata_that_disagrees_with_arrays_is_refused(tmp_path, overrides, message):
+    path, _ = write_dataset(tmp_path, **overrides)
+    with pytest.raises(ValueError, match=message):
+        make(path)
+
+
+def test_broken_offsets_and_metadata_are_refused(tmp_path):
+    path, arrays = write_dataset(tmp_path)
+    np.save(os.path.join(path, "train", "all__puzzle_indices.npy"), (arrays["puzzle_indices"][:-1]).astype(np.int32))
+    with pytest.raises(ValueError, match=r"all__puzzle_indices.npy: offsets run 0..24, expected 0..25 \(examples\)"):
+        make(path)
+    with open(os.path.join(path, "test", "dataset.json"), "w") as metadata_file:
+        json.dump({"pad_id": 0}, metadata_file)
+    with pytest.raises(ValueError, match=r"test/dataset.json is not a valid dataset.json"):
+        make(path, "test")

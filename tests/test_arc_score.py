@@ -275,3 +275,30 @@ def test_user_errors_say_what_to_do(dataset, tmp_path):
         score(load_predictions([str(tmp_path / "q")]), root)
     with pytest.raises(FileNotFoundError, match="build_arc_dataset.py"):
         score(load_predictions([str(tmp_path / "q")]), str(tmp_path))
+
+
+def test_scores_what_evaluate_py_writes(tmp_path):
+    """The real pipeline: a few training steps on the shipped ARC example, evaluate.py, then the scorer."""
+    import evaluate
+    import pretrain
+    from tests.training_helpers import tiny_overrides
+    from utils.distributed import DistributedContext
+
+    cpu = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    example = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "arc_example", "data")
+    run, preds = str(tmp_path / "run"), str(tmp_path / "preds")
+    torch.set_num_threads(1)
+    pretrain.run_training(tiny_overrides(example, run, epochs=4, eval_interval=4, global_batch_size=8), cpu)
+    evaluate.run_evaluation(evaluate.EvalConfig(checkpoint=os.path.join(run, "step_4.pt"), output_dir=preds), cpu)
+
+    out = tmp_path / "submission.json"
+    results = arc_score.main([preds, "--dataset", example, "--submission", str(out)])
+    assert results.num_predictions == 20 and len(results.tasks) == 4
+    # Each test input got one prediction per copy (the task and its 3 augmented copies).
+    for task in results.tasks.values():
+        for t in task.test_inputs:
+            assert sum(c.votes for c in t.candidates) + t.num_uncroppable == 4
+    entries = json.loads(out.read_text())
+    assert {name: len(tests) for name, tests in entries.items()} == {
+        "00576224": 1, "0c786b71": 1, "66e6c45b": 1, "da2b0fe3": 2}
+    assert all(set(e) == {"attempt_1", "attempt_2"} for tests in entries.values() for e in tests)

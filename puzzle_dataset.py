@@ -6,7 +6,7 @@ Every rank builds the same global batch from the same seeded RNG and keeps its o
 
 import json
 import os
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, Tuple
 
 import numpy as np
 import pydantic
@@ -26,6 +26,10 @@ class PuzzleDatasetConfig(pydantic.BaseModel):
     epochs_per_iter: int  # epochs per call of __iter__ in training mode
     rank: int
     num_replicas: int
+
+
+def _inconsistent(path: str, problem: str) -> ValueError:
+    return ValueError(f"{path}: {problem}; the dataset is inconsistent, rebuild it with dataset/build_*_dataset.py")
 
 
 class _SetArrays:
@@ -106,25 +110,22 @@ class PuzzleDataset(torch.utils.data.IterableDataset):
         metadata = self.metadata
         metadata_path = os.path.join(self._split_dir, "dataset.json")
 
-        def fail(path: str, problem: str):
-            raise ValueError(f"{path}: {problem}; the dataset is inconsistent, rebuild it with dataset/build_*_dataset.py")
-
         total_groups = total_puzzles = total_examples = 0
         for arrays in self._sets.values():
             for field in ("inputs", "labels"):
                 array = getattr(arrays, field)
                 if array.ndim != 2 or array.shape[1] != metadata.seq_len:
-                    fail(arrays.paths[field], f"shape {array.shape} disagrees with seq_len={metadata.seq_len} in {metadata_path}")
+                    raise _inconsistent(arrays.paths[field], f"shape {array.shape} disagrees with seq_len={metadata.seq_len} in {metadata_path}")
             if arrays.labels.shape != arrays.inputs.shape:
-                fail(arrays.paths["labels"], f"shape {arrays.labels.shape} differs from inputs {arrays.inputs.shape}")
-            self._check_offsets(arrays.paths["puzzle_indices"], arrays.puzzle_indices, arrays.num_examples, "examples", fail)
+                raise _inconsistent(arrays.paths["labels"], f"shape {arrays.labels.shape} differs from inputs {arrays.inputs.shape}")
+            self._check_offsets(arrays.paths["puzzle_indices"], arrays.puzzle_indices, arrays.num_examples, "examples")
             num_puzzles = len(arrays.puzzle_indices) - 1
-            self._check_offsets(arrays.paths["group_indices"], arrays.group_indices, num_puzzles, "puzzles", fail)
+            self._check_offsets(arrays.paths["group_indices"], arrays.group_indices, num_puzzles, "puzzles")
             identifiers = arrays.puzzle_identifiers
             if identifiers.shape != (num_puzzles,):
-                fail(arrays.paths["puzzle_identifiers"], f"shape {identifiers.shape}, expected ({num_puzzles},): one per puzzle")
+                raise _inconsistent(arrays.paths["puzzle_identifiers"], f"shape {identifiers.shape}, expected ({num_puzzles},): one per puzzle")
             if identifiers.size and (identifiers.min() < 0 or identifiers.max() >= metadata.num_puzzle_identifiers):
-                fail(
+                raise _inconsistent(
                     arrays.paths["puzzle_identifiers"],
                     f"identifiers range {identifiers.min()}..{identifiers.max()}, outside 0..{metadata.num_puzzle_identifiers - 1} "
                     f"(num_puzzle_identifiers in {metadata_path})",
@@ -134,20 +135,35 @@ class PuzzleDataset(torch.utils.data.IterableDataset):
             total_examples += arrays.num_examples
 
         if total_groups != metadata.total_groups:
-            fail(metadata_path, f"total_groups={metadata.total_groups} but the group_indices arrays hold {total_groups} groups")
+            raise _inconsistent(metadata_path, f"total_groups={metadata.total_groups} but the group_indices arrays hold {total_groups} groups")
         mean_examples = total_examples / total_puzzles if total_puzzles else 0.0
         if not np.isclose(mean_examples, metadata.mean_puzzle_examples, rtol=1e-6, atol=1e-9):
-            fail(metadata_path, f"mean_puzzle_examples={metadata.mean_puzzle_examples} but the arrays hold {mean_examples}")
+            raise _inconsistent(metadata_path, f"mean_puzzle_examples={metadata.mean_puzzle_examples} but the arrays hold {mean_examples}")
+        if not self.config.test_set_mode:
+            self._check_a_batch_fits()
+
+    def _check_a_batch_fits(self) -> None:
+        """Training drops incomplete batches: refuse a batch size no iteration can ever fill."""
+        for set_name, arrays in self._sets.items():
+            puzzle_sizes = np.diff(arrays.puzzle_indices)
+            largest_per_group = np.maximum.reduceat(puzzle_sizes, arrays.group_indices[:-1]) if arrays.num_groups else puzzle_sizes
+            most_examples = int(largest_per_group.sum()) * self.config.epochs_per_iter
+            if most_examples < self.config.global_batch_size:
+                raise ValueError(
+                    f"global_batch_size={self.config.global_batch_size} is larger than the at most {most_examples} examples "
+                    f"that one iteration ({self.config.epochs_per_iter} epochs) of set '{set_name}' in {self._split_dir} "
+                    f"yields, so training would get no batch: lower global_batch_size or raise epochs_per_iter"
+                )
 
     @staticmethod
-    def _check_offsets(path: str, offsets: np.ndarray, total: int, what: str, fail) -> None:
+    def _check_offsets(path: str, offsets: np.ndarray, total: int, what: str) -> None:
         """CSR offsets: int, start at 0, end at `total`, every entry (puzzle or group) non-empty."""
         if offsets.ndim != 1 or offsets.size < 1 or not np.issubdtype(offsets.dtype, np.integer):
-            fail(path, f"expected a 1-D integer array of offsets, got {offsets.dtype} {offsets.shape}")
+            raise _inconsistent(path, f"expected a 1-D integer array of offsets, got {offsets.dtype} {offsets.shape}")
         if offsets[0] != 0 or offsets[-1] != total:
-            fail(path, f"offsets run {offsets[0]}..{offsets[-1]}, expected 0..{total} ({what})")
+            raise _inconsistent(path, f"offsets run {offsets[0]}..{offsets[-1]}, expected 0..{total} ({what})")
         if np.any(np.diff(offsets) <= 0):
-            fail(path, f"offsets must be strictly increasing (every entry holds at least one of its {what})")
+            raise _inconsistent(path, f"offsets must be strictly increasing (every entry holds at least one of its {what})")
 
     # -- state -------------------------------------------------------------------------------
 

@@ -125,9 +125,9 @@ def parse_cli(config_cls: Type[ConfigT], argv: Sequence[str], prog: str) -> Conf
         raise SystemExit(f"{prog}: error: {problems}") from None
 
 
-def run_cli(config_cls: Type[ConfigT], build: Callable[[ConfigT], None], prog: str, argv: Optional[Sequence[str]] = None) -> None:
+def run_cli(config_cls: Type[ConfigT], build: Callable[[ConfigT], None], prog: str) -> None:
     """Entry point of a builder script: parse flags, build, and turn user errors into one line."""
-    config = parse_cli(config_cls, sys.argv[1:] if argv is None else argv, prog)
+    config = parse_cli(config_cls, sys.argv[1:], prog)
     try:
         build(config)
     except (DatasetError, FileNotFoundError) as error:
@@ -199,7 +199,7 @@ def read_puzzle_csv(path: str, charset: str, cells: Optional[int]) -> PuzzleCSV:
     answers: List[str] = []
     ratings: List[str] = []
     line_numbers: List[int] = []
-    with open(path, newline="") as csv_file:
+    with open(path, newline="", encoding="utf-8") as csv_file:
         reader = csv.reader(csv_file)
         header = next(reader, None)
         if header != PUZZLE_CSV_HEADER:

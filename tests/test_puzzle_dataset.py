@@ -219,6 +219,14 @@ def test_global_batch_size_must_divide_by_world_size(tmp_path):
         make(path, rank=2, num_replicas=2)
 
 
+def test_batch_size_no_iteration_can_fill_is_refused_in_training_only(tmp_path):
+    path, _ = write_dataset(tmp_path)  # 7 groups whose largest puzzles hold 1+3+3+1+3+3+1 = 15 examples
+    with pytest.raises(ValueError, match=r"global_batch_size=31 is larger than the at most 30 examples that one iteration \(2 epochs\)"):
+        make(path, global_batch_size=31, epochs_per_iter=2)
+    assert len(train_batches(make(path, global_batch_size=30, epochs_per_iter=2))) <= 1
+    assert sum(size for _, _, size in make(path, "test", global_batch_size=31)) == 25
+
+
 def test_missing_files_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nowhere/train/dataset.json not found: dataset_path must be a folder built by dataset/build_\*_dataset.py"):
         make(str(tmp_path / "nowhere"))

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -259,6 +261,13 @@ def test_ranks_interleaved_newest_step_blank_rows_and_logits(dataset, tmp_path, 
     assert saved["pass_at"]["1"] == 1.0 and saved["num_predictions"] == 3
     assert saved["tasks"]["rot"]["test_inputs"][1]["top"][0] == {"grid": ROT_OUT[1], "votes": 1, "mean_q": 0.5}
     assert saved["tasks"]["one"]["solved_at"]["2"] is True
+
+
+def test_command_line_error_is_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "utils.arc_score", str(tmp_path), "--dataset", str(tmp_path)],
+                          capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
 
 
 def test_user_errors_say_what_to_do(dataset, tmp_path):

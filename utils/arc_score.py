@@ -245,7 +245,8 @@ class _TestSplit:
         """Position of each prediction row among its puzzle's test examples.
 
         Rows are matched on their input tokens rather than on their order, because the ranks of
-        evaluate.py each save an interleaved slice of every batch.
+        evaluate.py each save an interleaved slice of every batch. (Two identical test inputs in
+        one task would both match the first; no task of the shipped ARC sources has any.)
         """
         ids = preds.puzzle_identifiers
         unknown = (ids < 0) | (ids >= len(self.names))

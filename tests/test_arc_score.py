@@ -290,14 +290,16 @@ def test_scores_what_evaluate_py_writes(tmp_path):
     """The real pipeline: a few training steps on the shipped ARC example, evaluate.py, then the scorer."""
     import evaluate
     import pretrain
-    from tests.training_helpers import tiny_overrides
     from utils.distributed import DistributedContext
 
     cpu = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     example = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "arc_example", "data")
     run, preds = str(tmp_path / "run"), str(tmp_path / "preds")
+    tiny = {"data_path": example, "checkpoint_path": run, "global_batch_size": 8, "epochs": 4, "eval_interval": 4,
+            "arch.hidden_size": 32, "arch.num_heads": 2, "arch.expansion": 2, "arch.H_layers": 1, "arch.L_layers": 1,
+            "arch.H_cycles": 1, "arch.L_cycles": 2, "arch.halt_max_steps": 3, "wandb.mode": "disabled"}
     torch.set_num_threads(1)
-    pretrain.run_training(tiny_overrides(example, run, epochs=4, eval_interval=4, global_batch_size=8), cpu)
+    pretrain.run_training([f"{key}={value}" for key, value in tiny.items()], cpu)
     evaluate.run_evaluation(evaluate.EvalConfig(checkpoint=os.path.join(run, "step_4.pt"), output_dir=preds), cpu)
 
     out = tmp_path / "submission.json"

@@ -227,6 +227,22 @@ def test_sudoku_and_maze_drawn_as_characters(served, browser):
     assert walls and set(walls) == {"rgb(51, 51, 51)"}
 
 
+def test_empty_split_draws_nothing(served, browser, tmp_path):
+    from dataset.build_arc_dataset import ArcBuildConfig, build_arc_dataset
+
+    url, site, _ = served
+    training = tmp_path / "training"  # not an `evaluation` folder: the test split stays empty
+    training.mkdir()
+    shutil.copy(os.path.join(RAW_ARC, "00576224.json"), training)
+    build_arc_dataset(ArcBuildConfig(dataset_dirs=[str(training)], output_dir=str(site / "arc"), num_aug=0))
+    browser.get(url + "puzzle_visualizer.html?base=arc/")
+    wait_shown(browser, "train/all/0/0/0")
+    Select(browser.find_element("id", "split")).select_by_value("test")
+    wait_shown(browser, "test/all/empty")
+    assert "0 puzzles, 0 groups" in browser.find_element("id", "status").text
+    assert not browser.find_element("id", "input-figure").is_displayed()
+
+
 def test_missing_dataset_shows_an_error(served, browser):
     url, _, _ = served
     browser.get(url + "puzzle_visualizer.html?base=nowhere/")

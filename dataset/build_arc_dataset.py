@@ -29,6 +29,7 @@ from dataset.common import (  # noqa: E402
     DatasetError,
     PuzzleDatasetMetadata,
     SPLITS,
+    check_output_dir,
     dihedral_transform,
     open_set_array,
     run_cli,
@@ -383,6 +384,7 @@ def write_arc_split(dataset_dir, split, tasks, plans, puzzle_identifiers, num_id
 
 
 def build_arc_dataset(config: ArcBuildConfig) -> None:
+    check_output_dir(config.output_dir)  # fail before the work, not after
     # Read, validate and plan everything before writing anything.
     tasks = load_tasks(config.dataset_dirs)
     augment_rng = seeded_rng(config.seed, AUGMENT_STREAM)

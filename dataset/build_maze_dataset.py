@@ -19,6 +19,7 @@ if __package__ in (None, ""):
 
 from dataset.common import (  # noqa: E402
     DatasetError,
+    check_output_dir,
     PuzzleCSV,
     PuzzleDatasetMetadata,
     dihedral_transform,
@@ -96,6 +97,7 @@ def write_maze_split(dataset_dir: str, split: str, questions: np.ndarray, answer
 
 
 def build_maze_dataset(config: MazeBuildConfig) -> None:
+    check_output_dir(config.output_dir)  # fail before a long download, not after
     # Read and validate both splits before writing anything.
     splits = {}
     for split in ("train", "test"):

@@ -17,7 +17,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataset.common import (  # noqa: E402
+    SPLITS,
     DatasetError,
+    check_output_dir,
     PuzzleDatasetMetadata,
     open_set_array,
     read_puzzle_csv,
@@ -221,11 +223,11 @@ def write_sudoku_split(dataset_dir: str, split: str, puzzles: SudokuPuzzles, num
 
 
 def build_sudoku_dataset(config: SudokuBuildConfig) -> None:
-    # Read and validate both splits before writing anything.
-    train_rng = seeded_rng(config.seed, 0)
-    test_rng = seeded_rng(config.seed, 1)
+    check_output_dir(config.output_dir)  # fail before a long download, not after
+    # Read and validate both splits before writing anything; each split has its own random stream.
     splits = {}
-    for split, rng in (("train", train_rng), ("test", test_rng)):
+    for stream, split in enumerate(SPLITS):
+        rng = seeded_rng(config.seed, stream)
         puzzles = load_sudoku_csv(resolve_source_csv(config.source_repo, split), config.min_difficulty)
         if split == "train":
             keep = subsample_indices(rng, len(puzzles.questions), config.subsample_size)

@@ -181,3 +181,12 @@ def test_script_reports_user_errors_in_one_line(tmp_path):
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "neither an existing folder nor a Hugging Face dataset id" in result.stderr
+
+
+def test_foreign_output_dir_is_refused_before_reading_the_source(tmp_path):
+    output = tmp_path / "someones_folder"
+    output.mkdir()
+    (output / "thesis.tex").write_text("precious")
+    with pytest.raises(DatasetError, match=r"someones_folder exists and is not an earlier dataset build .*thesis.tex"):
+        build(str(tmp_path / "no_such_source"), output)
+    assert os.listdir(output) == ["thesis.tex"]

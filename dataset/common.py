@@ -257,43 +257,51 @@ def _is_dataset_file(split_entry: str) -> bool:
     return extension == ".npy" and bool(separator) and bool(set_name) and field in SET_ARRAY_FIELDS
 
 
-def foreign_entries(output_dir: str) -> List[str]:
-    """Entries of `output_dir` that an earlier dataset build would not hold (empty: safe to replace).
+def _shorten(paths: List[str]) -> str:
+    return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+
+
+def why_not_replaceable(output_dir: str) -> Optional[str]:
+    """Why an existing `output_dir` must not be replaced; None when it is empty or an earlier build.
 
     An earlier build is `identifiers.json` plus `train/` and `test/`, each with `dataset.json`
     and `<set>__<field>.npy` files only; anything else belongs to someone and is never deleted.
     """
     if not os.path.isdir(output_dir):
-        return [output_dir]
+        return "it is not a folder"
     entries = sorted(os.listdir(output_dir))
     if not entries:
-        return []
-    required = ["identifiers.json"] + [os.path.join(split, "dataset.json") for split in SPLITS]
-    foreign = [os.path.join(output_dir, name) for name in required if not os.path.isfile(os.path.join(output_dir, name))]
+        return None
+    unexpected = []
     for entry in entries:
         path = os.path.join(output_dir, entry)
-        if entry == "identifiers.json":
+        if entry == "identifiers.json" and os.path.isfile(path):
             continue
         if entry in SPLITS and os.path.isdir(path):
-            foreign += [
+            unexpected += [
                 os.path.join(path, name)
                 for name in sorted(os.listdir(path))
                 if not (_is_dataset_file(name) and os.path.isfile(os.path.join(path, name)))
             ]
         else:
-            foreign.append(path)
-    return foreign
+            unexpected.append(path)
+    if unexpected:
+        return f"it holds {_shorten(unexpected)}"
+    required = ["identifiers.json"] + [os.path.join(split, "dataset.json") for split in SPLITS]
+    missing = [os.path.join(output_dir, name) for name in required if not os.path.isfile(os.path.join(output_dir, name))]
+    if missing:
+        return f"it lacks {_shorten(missing)}"
+    return None
 
 
 def check_output_dir(output_dir: str) -> None:
     """Refuse an --output-dir that exists and is not an earlier dataset build (or empty)."""
     if not os.path.lexists(output_dir):
         return
-    foreign = foreign_entries(output_dir)
-    if foreign:
-        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+    reason = why_not_replaceable(output_dir)
+    if reason:
         raise DatasetError(
-            f"--output-dir {output_dir} exists and is not an earlier dataset build ({shown}); "
+            f"--output-dir {output_dir} exists and is not an earlier dataset build ({reason}); "
             f"it is left untouched: choose a new --output-dir, or move that folder away"
         )
 

@@ -34,11 +34,13 @@ from utils.checkpoint import (
     slice_carry_state,
 )
 from utils.config import (
+    SAVED_CONFIG_NAME,
     ConfigError,
     PretrainConfig,
     check_world_size,
     load_config,
     model_config_dict,
+    read_saved_config,
     save_config,
     with_derived_names,
 )
@@ -371,6 +373,10 @@ def run_training(overrides: Sequence[str], context: DistributedContext) -> Optio
     train_loader = create_dataloader(config, "train", context, test_set_mode=False, epochs_per_iter=config.epochs_per_eval)
     eval_loader = create_dataloader(config, "test", context, test_set_mode=True, epochs_per_iter=1)
     loss_head = build_loss_head(config, train_loader.metadata, context)
+    if config.resume and os.path.exists(os.path.join(config.checkpoint_path, SAVED_CONFIG_NAME)):
+        # A resumed run keeps its name (and so its W&B run) unless the command line gives another.
+        saved = read_saved_config(config.checkpoint_path)
+        config = config.model_copy(update={key: getattr(config, key) or getattr(saved, key) for key in ("project_name", "run_name")})
     config = broadcast_object(with_derived_names(config, type(loss_head.model).__name__), context)
     resume_from = prepare_run_folder(config, context)
 

@@ -1,0 +1,223 @@
+"""pretrain.py and evaluate.py end to end on a tiny real dataset, on the CPU."""
+
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import evaluate
+import pretrain
+from tests.training_helpers import REPO_ROOT, build_tiny_sudoku, tiny_overrides, training_environment
+from utils.checkpoint import list_checkpoints
+from utils.config import ConfigError
+from utils.distributed import DistributedContext
+from utils.logging import read_metrics
+
+CPU = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return build_tiny_sudoku(str(tmp_path_factory.mktemp("data")))
+
+
+def train_in_process(overrides):
+    torch.set_num_threads(1)
+    return pretrain.run_training(overrides, CPU)
+
+
+def run_script(arguments, **kwargs):
+    return subprocess.run([sys.executable, *arguments], cwd=REPO_ROOT, env=training_environment(), capture_output=True, text=True, **kwargs)
+
+
+def final_weights(folder):
+    return torch.load(list_checkpoints(folder)[-1], weights_only=False)
+
+
+def without_timings(records):
+    return [{key: value for key, value in record.items() if not key.startswith("time/")} for record in records]
+
+
+def assert_same_tensors(expected: dict, actual: dict, exact: bool, tolerance: float = 0.0):
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        if exact:
+            assert torch.equal(expected[key], actual[key]), key
+        else:
+            torch.testing.assert_close(actual[key], expected[key], rtol=tolerance, atol=tolerance, msg=key)
+
+
+def test_training_lowers_the_loss_and_writes_the_run_folder(dataset, tmp_path):
+    run = str(tmp_path / "run")
+    eval_metrics = train_in_process(tiny_overrides(dataset, run, epochs=16, eval_interval=8))
+
+    records = read_metrics(os.path.join(run, "metrics.jsonl"))
+    train = [record for record in records if "train/lm_loss" in record]
+    assert [record["step"] for record in train] == list(range(1, 49))
+    first, last = train[0]["train/lm_loss"], sum(r["train/lm_loss"] for r in train[-5:]) / 5
+    assert last < 0.8 * first, (first, last)
+    assert 0 < eval_metrics["all"]["accuracy"] <= 1
+    evals = [record for record in records if "all/accuracy" in record]
+    assert [record["step"] for record in evals] == [24, 48]
+    assert [os.path.basename(path) for path in list_checkpoints(run)] == ["step_24.pt", "step_48.pt"]
+    assert os.path.exists(os.path.join(run, "all_config.yaml"))
+
+    checkpoint = final_weights(run)
+    assert checkpoint["step"] == 48
+    assert set(checkpoint) >= {"model", "optimizers", "step", "carry", "rng", "loader", "config"}
+    assert "model.inner.H_level.layers.0.self_attn.qkv_proj.weight" in checkpoint["model"]
+
+
+def test_evaluate_reproduces_the_final_eval_and_saves_predictions(dataset, tmp_path):
+    run = str(tmp_path / "run")
+    train_in_process(tiny_overrides(dataset, run))
+    logged = [record for record in read_metrics(os.path.join(run, "metrics.jsonl")) if "all/accuracy" in record][-1]
+
+    output_dir = str(tmp_path / "preds")
+    metrics = evaluate.run_evaluation(
+        evaluate.EvalConfig(checkpoint=os.path.join(run, "step_24.pt"), output_dir=output_dir), CPU
+    )
+    for key, value in metrics["all"].items():
+        assert value == logged[f"all/{key}"], key
+    predictions = torch.load(os.path.join(output_dir, "step_24_all_preds.0"))
+    assert predictions["inputs"].shape == (40, 81)
+    assert predictions["preds"].shape == (40, 81)
+    assert predictions["q_halt_logits"].shape == (40,)
+
+
+def test_an_original_weights_only_checkpoint_evaluates(dataset, tmp_path):
+    run = str(tmp_path / "run")
+    train_in_process(tiny_overrides(dataset, run, epochs=4))
+    ours = evaluate.run_evaluation(evaluate.EvalConfig(checkpoint=os.path.join(run, "step_12.pt"), save_outputs=[]), CPU)
+
+    # The original saved the compiled model's bare state dict as `step_N`, keys prefixed `_orig_mod.`.
+    weights = torch.load(os.path.join(run, "step_12.pt"), weights_only=False)["model"]
+    original_file = os.path.join(run, "step_12")
+    torch.save({f"_orig_mod.{key}": value for key, value in weights.items()}, original_file)
+    theirs = evaluate.run_evaluation(evaluate.EvalConfig(checkpoint=original_file, save_outputs=[]), CPU)
+    assert theirs == ours
+
+
+def test_killed_run_resumes_to_the_same_weights(dataset, tmp_path):
+    common = dict(epochs=8, eval_interval=4, checkpoint_every_steps=5, seed=3)
+    straight = str(tmp_path / "straight")
+    result = run_script(["pretrain.py", *tiny_overrides(dataset, straight, **common)])
+    assert result.returncode == 0, result.stderr
+
+    interrupted = str(tmp_path / "interrupted")
+    process = subprocess.Popen([sys.executable, "pretrain.py", *tiny_overrides(dataset, interrupted, **common)],
+                               cwd=REPO_ROOT, env=training_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list_checkpoints(interrupted) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = list_checkpoints(interrupted)
+    assert killed_at and not killed_at[-1].endswith("step_24.pt"), "the run ended before it could be killed"
+
+    result = run_script(["pretrain.py", *tiny_overrides(dataset, interrupted, resume="true", **common)])
+    assert result.returncode == 0, result.stderr
+    expected, actual = final_weights(straight), final_weights(interrupted)
+    assert actual["step"] == expected["step"] == 24
+    assert_same_tensors(expected["model"], actual["model"], exact=True)
+    for expected_optimizer, actual_optimizer in zip(expected["optimizers"], actual["optimizers"]):
+        assert str(expected_optimizer) == str(actual_optimizer)
+    assert without_timings(read_metrics(os.path.join(interrupted, "metrics.jsonl"))) == without_timings(
+        read_metrics(os.path.join(straight, "metrics.jsonl"))
+    )
+
+
+def test_two_processes_match_one(dataset, tmp_path):
+    common = dict(epochs=4, eval_interval=4, **{"arch.halt_exploration_prob": 0.0})
+    single = str(tmp_path / "single")
+    assert run_script(["pretrain.py", *tiny_overrides(dataset, single, **common)]).returncode == 0
+
+    double = str(tmp_path / "double")
+    result = run_script(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                         "pretrain.py", *tiny_overrides(dataset, double, **common)], timeout=300)
+    assert result.returncode == 0, result.stderr
+
+    single_log = read_metrics(os.path.join(single, "metrics.jsonl"))
+    double_log = read_metrics(os.path.join(double, "metrics.jsonl"))
+    assert [record["step"] for record in single_log] == [record["step"] for record in double_log]
+    for one, two in zip(single_log, double_log):
+        for key in one:
+            if key.endswith("loss"):
+                assert math.isclose(one[key], two[key], rel_tol=1e-5), (one["step"], key, one[key], two[key])
+    assert_same_tensors(final_weights(single)["model"], final_weights(double)["model"], exact=False, tolerance=1e-4)
+
+
+def test_starting_over_an_existing_run_is_refused(dataset, tmp_path):
+    run = str(tmp_path / "run")
+    train_in_process(tiny_overrides(dataset, run, epochs=4))
+    before = sorted(os.listdir(run))
+    with pytest.raises(ConfigError, match="resume=true"):
+        train_in_process(tiny_overrides(dataset, run, epochs=4))
+    assert sorted(os.listdir(run)) == before
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"lrr": 1}, "lrr: unknown key. Did you mean 'lr'"),
+        ({"arch.hiden_size": 8}, "arch.hiden_size: unknown key. Did you mean 'arch.hidden_size'"),
+        ({"epochs": 8, "eval_interval": 3}, "eval_interval=3 must divide epochs=8"),
+        ({"global_batch_size": "many"}, "global_batch_size"),
+    ],
+)
+def test_bad_config_stops_before_writing_anything(dataset, tmp_path, override, message):
+    run = tmp_path / "run"
+    with pytest.raises(ConfigError, match=message):
+        train_in_process(tiny_overrides(dataset, str(run), **override))
+    assert not run.exists()
+
+
+def test_batch_size_must_divide_over_processes(dataset, tmp_path):
+    run = tmp_path / "run"
+    result = run_script(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                         "pretrain.py", *tiny_overrides(dataset, str(run), global_batch_size=33)], timeout=300)
+    assert result.returncode != 0
+    assert "global_batch_size=33 is not divisible by the world size 2" in result.stderr
+    assert not run.exists()
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(dataset, tmp_path, monkeypatch):
+    from models.losses import ACTLossHead
+
+    calls = {"count": 0}
+    original_forward = ACTLossHead.forward
+
+    def forward_turning_nan_at_step_7(self, *args, **kwargs):
+        carry, loss, metrics, outputs, halted = original_forward(self, *args, **kwargs)
+        if self.training:
+            calls["count"] += 1
+            if calls["count"] == 7:
+                loss = loss * float("nan")
+                metrics = {**metrics, "lm_loss": metrics["lm_loss"] * float("nan")}
+        return carry, loss, metrics, outputs, halted
+
+    monkeypatch.setattr(ACTLossHead, "forward", forward_turning_nan_at_step_7)
+    run = str(tmp_path / "run")
+    with pytest.raises(pretrain.NonFiniteLossError, match="step 7"):
+        train_in_process(tiny_overrides(dataset, run, checkpoint_every_steps=3))
+    assert [os.path.basename(path) for path in list_checkpoints(run)] == ["step_3.pt", "step_6.pt"]
+
+
+def test_keep_checkpoints_prunes_old_files(dataset, tmp_path):
+    run = str(tmp_path / "run")
+    train_in_process(tiny_overrides(dataset, run, checkpoint_every_steps=4, keep_checkpoints=2))
+    assert [os.path.basename(path) for path in list_checkpoints(run)] == ["step_20.pt", "step_24.pt"]
+
+
+def test_resume_with_another_config_is_refused(dataset, tmp_path):
+    run = str(tmp_path / "run")
+    train_in_process(tiny_overrides(dataset, run, epochs=4))
+    with pytest.raises(ConfigError, match="lr: 0.003 in the checkpoint, 0.001 now"):
+        train_in_process(tiny_overrides(dataset, run, epochs=4, lr=1e-3, resume="true"))
+    shutil.rmtree(run)

@@ -1,0 +1,67 @@
+"""Shared pieces of the training tests: a tiny real dataset and a tiny CPU config."""
+
+import csv
+import os
+import subprocess
+import sys
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUDOKU_SAMPLE = os.path.join(REPO_ROOT, "dataset", "samples", "sudoku-extreme")
+
+
+def write_csv_slice(source_csv: str, destination_csv: str, rows: int) -> None:
+    with open(source_csv) as source, open(destination_csv, "w", newline="") as destination:
+        reader = csv.reader(source)
+        writer = csv.writer(destination)
+        for index, row in enumerate(reader):
+            if index > rows:
+                break
+            writer.writerow(row)
+
+
+def build_tiny_sudoku(folder: str, train_rows: int = 96, test_rows: int = 40, max_blanks: int = 4) -> str:
+    """A small dataset from the first rows of the shipped real puzzles, built by our own builder."""
+    source = os.path.join(folder, "source")
+    os.makedirs(source, exist_ok=True)
+    for split, rows in (("train", train_rows), ("test", test_rows)):
+        write_csv_slice(os.path.join(SUDOKU_SAMPLE, f"{split}.csv"), os.path.join(source, f"{split}.csv"), rows)
+    output = os.path.join(folder, "sudoku-tiny")
+    subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "dataset", "build_sudoku_dataset.py"), "--source-repo", source,
+         "--output-dir", output, "--num-aug", "1", "--max-blanks", str(max_blanks)],
+        check=True, cwd=REPO_ROOT, capture_output=True,
+    )
+    return output
+
+
+def tiny_overrides(data_path: str, checkpoint_path: str, **extra) -> list:
+    """A model small enough for a few dozen CPU steps per second; keys as on the command line."""
+    settings = {
+        "data_path": data_path,
+        "checkpoint_path": checkpoint_path,
+        "global_batch_size": 32,
+        "epochs": 8,
+        "eval_interval": 4,
+        "lr": 3e-3,
+        "puzzle_emb_lr": 1e-2,
+        "lr_warmup_steps": 5,
+        "weight_decay": 0.1,
+        "arch.hidden_size": 32,
+        "arch.num_heads": 2,
+        "arch.expansion": 2,
+        "arch.H_layers": 1,
+        "arch.L_layers": 1,
+        "arch.H_cycles": 1,
+        "arch.L_cycles": 2,
+        "arch.halt_max_steps": 3,
+        "wandb.mode": "disabled",
+    }
+    settings.update(extra)
+    return [f"{key}={value}" for key, value in settings.items()]
+
+
+def training_environment() -> dict:
+    environment = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    environment.pop("WORLD_SIZE", None)
+    environment.pop("RANK", None)
+    return environment

@@ -65,6 +65,7 @@ def puzzle_of(arrays, examples):
 def concat_ranks(path, split, world_size, **overrides):
     """Per step, the batches of all ranks concatenated."""
     per_rank = [list(make(path, split, rank=rank, num_replicas=world_size, **overrides)) for rank in range(world_size)]
+    assert len({len(batches) for batches in per_rank}) == 1, "every rank must see the same number of batches"
     steps = []
     for step in zip(*per_rank):
         assert len({set_name for set_name, _, _ in step}) == 1 and len({size for _, _, size in step}) == 1

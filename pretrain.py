@@ -318,7 +318,10 @@ def restore_train_state(path: str, config: PretrainConfig, state: TrainState, lo
 
 
 # Keys that may differ between a checkpoint's config and the resuming run's.
-RESUMABLE_CHANGES = {"resume", "wandb", "keep_checkpoints", "checkpoint_every_steps", "compile", "eval_save_outputs"}
+RESUMABLE_CHANGES = {
+    "resume", "wandb", "keep_checkpoints", "checkpoint_every_steps", "checkpoint_every_eval", "compile",
+    "eval_save_outputs", "checkpoint_path", "project_name", "run_name",
+}
 
 
 def _changed_keys(saved: dict, current: dict, prefix: str = "") -> List[str]:
@@ -395,8 +398,7 @@ def run_training(overrides: Sequence[str], context: DistributedContext) -> Optio
 
     if context.is_main:
         save_config(config, config.checkpoint_path)
-        logger = RunLogger(config.checkpoint_path, config.project_name, config.run_name, config.model_dump(), config.wandb.mode,
-                           resume_step=state.step if resume_from else None)
+        logger = RunLogger(config.checkpoint_path, config.project_name, config.run_name, config.model_dump(), config.wandb.mode, start_step=state.step)
         parameters = sum(parameter.numel() for parameter in loss_head.parameters())
         print(f"{config.run_name}: {parameters:,} parameters, {total_steps} steps, {context.world_size} process(es) on "
               f"{context.device.type}, compile {'on' if compiled else 'off'}, checkpoints in {config.checkpoint_path}"
@@ -416,7 +418,7 @@ def _train_loop(config, state: TrainState, train_loader, eval_loader, logger, co
     eval_metrics = None
     for iteration in range(train_loader.state_dict()["iteration"], config.num_evals):
         state.step_fn.train()
-        pending = None
+        pending, save_after_eval = None, False
         for _, batch, global_batch_size in train_loader:
             current = train_batch(config, state, batch, global_batch_size, context)
             if pending is not None:
@@ -425,10 +427,15 @@ def _train_loop(config, state: TrainState, train_loader, eval_loader, logger, co
             if progress is not None:
                 progress.update(state.step - progress.n)
             if config.checkpoint_every_steps and current is not None and state.step % config.checkpoint_every_steps == 0:
-                # Check this step's loss before its weights are saved.
-                logger.log(finish_train_metrics(pending, config.global_batch_size), step=pending.step)
-                pending = None
-                save_train_state(config, state, train_loader, context)
+                if train_loader.state_dict()["iteration"] != iteration:
+                    # The loader has moved past this iteration's last batch: a checkpoint now would
+                    # resume after the evaluation that is still due, so it is written after it.
+                    save_after_eval = True
+                else:
+                    # Check this step's loss before its weights are saved.
+                    logger.log(finish_train_metrics(pending, config.global_batch_size), step=pending.step)
+                    pending = None
+                    save_train_state(config, state, train_loader, context)
         if pending is not None:
             logger.log(finish_train_metrics(pending, config.global_batch_size), step=pending.step)
 
@@ -440,7 +447,7 @@ def _train_loop(config, state: TrainState, train_loader, eval_loader, logger, co
             flat["time/elapsed_seconds"] = time.monotonic() - start_time
             logger.log(flat, step=state.step)
             tqdm.write(f"step {state.step} eval: " + ", ".join(f"{key} {value:.4f}" for key, value in flat.items()))
-        if config.checkpoint_every_eval or iteration == config.num_evals - 1:
+        if config.checkpoint_every_eval or save_after_eval or iteration == config.num_evals - 1:
             save_train_state(config, state, train_loader, context)
     if progress is not None:
         progress.close()

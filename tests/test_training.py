@@ -133,6 +133,32 @@ def test_killed_run_resumes_to_the_same_weights(dataset, tmp_path):
     )
 
 
+def test_crash_before_an_evaluation_does_not_skip_it_on_resume(dataset, tmp_path, monkeypatch):
+    # 12 steps per evaluation: the step-12 checkpoint falls on an iteration's last batch. A crash
+    # before that evaluation must not leave a checkpoint that resumes after it.
+    common = dict(checkpoint_every_steps=12, checkpoint_every_eval="false")
+    straight = str(tmp_path / "straight")
+    train_in_process(tiny_overrides(dataset, straight, **common))
+
+    real_evaluate = pretrain.evaluate
+
+    def crashing_evaluate(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    crashed = str(tmp_path / "crashed")
+    monkeypatch.setattr(pretrain, "evaluate", crashing_evaluate)
+    with pytest.raises(KeyboardInterrupt):
+        train_in_process(tiny_overrides(dataset, crashed, **common))
+    monkeypatch.setattr(pretrain, "evaluate", real_evaluate)
+    train_in_process(tiny_overrides(dataset, crashed, resume="true", **common))
+
+    assert [os.path.basename(path) for path in list_checkpoints(crashed)] == ["step_12.pt", "step_24.pt"]
+    assert_same_tensors(final_weights(straight)["model"], final_weights(crashed)["model"], exact=True)
+    assert without_timings(read_metrics(os.path.join(crashed, "metrics.jsonl"))) == without_timings(
+        read_metrics(os.path.join(straight, "metrics.jsonl"))
+    )
+
+
 def test_two_processes_match_one(dataset, tmp_path):
     common = dict(epochs=4, eval_interval=4, **{"arch.halt_exploration_prob": 0.0})
     single = str(tmp_path / "single")

@@ -13,10 +13,9 @@ METRICS_FILE_NAME = "metrics.jsonl"
 
 
 class RunLogger:
-    def __init__(self, folder: str, project_name: str, run_name: str, config: dict, wandb_mode: str, resume_step: Optional[int]):
+    def __init__(self, folder: str, project_name: str, run_name: str, config: dict, wandb_mode: str, start_step: int):
         self.metrics_path = os.path.join(folder, METRICS_FILE_NAME)
-        if resume_step is not None:
-            _drop_lines_after(self.metrics_path, resume_step)
+        _drop_lines_after(self.metrics_path, start_step)
         self.metrics_file = open(self.metrics_path, "a")
         self.wandb_run = None
         if wandb_mode != "disabled":
@@ -58,7 +57,7 @@ def _plain_number(value) -> Optional[float]:
 
 
 def _drop_lines_after(path: str, step: int) -> None:
-    """A resumed run repeats the steps after its checkpoint: forget what the killed run logged for them."""
+    """A resumed run repeats the steps after its checkpoint: forget what the stopped run logged for them."""
     if not os.path.exists(path):
         return
     with open(path) as file:

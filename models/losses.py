@@ -11,8 +11,9 @@ IGNORE_LABEL_ID = -100
 
 def _stablemax_s(x: torch.Tensor) -> torch.Tensor:
     # s(x) = 1/(1-x) for x < 0, x+1 otherwise: positive, increasing, and only linear for large x,
-    # so it does not saturate like exp does.
-    return torch.where(x < 0, 1 / (1 - x), x + 1)
+    # so it does not saturate like exp does. The clamp keeps the unused branch finite: at x = 1
+    # (common in bfloat16) 1/(1-x) is inf, and where's backward would turn 0 * inf into NaN.
+    return torch.where(x < 0, 1 / (1 - x.clamp(max=0)), x + 1)
 
 
 def log_stablemax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:

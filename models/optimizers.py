@@ -20,7 +20,7 @@ from torch.optim import Optimizer
 
 
 class AdamATan2(Optimizer):
-    """Adam-atan2 with the `adam-atan2` package's constructor and state layout.
+    """Adam-atan2 with the `adam-atan2` package's constructor (and its defaults) and state keys.
 
     State per parameter: `step` (float32 scalar on the CPU, so that bias corrections are computed
     on the host without a device sync), `exp_avg`, `exp_avg_sq`. `foreach=True` (default) updates
@@ -32,7 +32,7 @@ class AdamATan2(Optimizer):
         self,
         params: Iterable,
         lr: float = 1e-3,
-        betas: Tuple[float, float] = (0.9, 0.99),
+        betas: Tuple[float, float] = (0.9, 0.999),
         weight_decay: float = 1e-2,
         foreach: bool = True,
     ):
@@ -151,7 +151,7 @@ def _check_fused_against_ours(fused_class, device: torch.device, betas, weight_d
     return None
 
 
-def build_adam_atan2(params: Iterable, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.99), weight_decay: float = 1e-2, log: bool = True) -> Optimizer:
+def build_adam_atan2(params: Iterable, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999), weight_decay: float = 1e-2, log: bool = True) -> Optimizer:
     """The `adam_atan2` package's fused optimiser when the parameters are on CUDA and it imports and
     agrees with `AdamATan2` over two steps; otherwise `AdamATan2`. Prints one line saying which."""
     params = list(params)

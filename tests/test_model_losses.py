@@ -18,6 +18,12 @@ def test_stablemax_cross_entropy_follows_its_definition():
     assert torch.allclose(losses[0, 0], expected_first) and losses[0, 1] == 0
 
 
+def test_stablemax_gradient_is_finite_where_a_logit_is_exactly_one():
+    logits = torch.tensor([[[1.0, -1.0, 0.5]]], dtype=torch.bfloat16, requires_grad=True)
+    stablemax_cross_entropy(logits, torch.tensor([[2]])).sum().backward()
+    assert torch.isfinite(logits.grad.float()).all()
+
+
 def test_softmax_cross_entropy_matches_torch():
     logits = torch.randn(2, 5, 4)
     labels = torch.randint(0, 4, (2, 5))

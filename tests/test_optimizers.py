@@ -130,7 +130,7 @@ def test_invalid_hyperparameters_are_rejected(kwargs, message):
 def test_constructor_defaults_match_the_adam_atan2_package():
     optimizer = AdamATan2([torch.nn.Parameter(torch.ones(1))])
     group = optimizer.param_groups[0]
-    assert (group["lr"], group["betas"], group["weight_decay"]) == (1e-3, (0.9, 0.99), 1e-2)
+    assert (group["lr"], group["betas"], group["weight_decay"]) == (1e-3, (0.9, 0.999), 1e-2)
 
 
 def test_builder_uses_ours_on_cpu_and_says_so(capsys):

@@ -1,0 +1,162 @@
+"""The model and optimisers on a CUDA GPU (skipped without one): float32 against the reference,
+bfloat16 under torch.compile, the optimisers on device, and the optimiser's share of a step.
+
+Run with `-s` to see the attention backend, the optimiser chosen and the timings.
+"""
+
+import json
+import time
+
+import pytest
+import torch
+
+from models.hrm.hrm_act_v1 import HierarchicalReasoningModel_ACTV1
+from models.layers import attention_backend
+from models.losses import ACTLossHead
+from models.optimizers import AdamATan2, build_adam_atan2
+from models.sparse_embedding import CastedSparseEmbeddingSignSGD_Distributed
+from tests.test_model_reference import FIXTURE, GRAD_TOL, OUTPUT_TOL, relative_error
+from tests.test_optimizers import BETAS, LRS, WEIGHT_DECAY, random_problem, transcribed_rule
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DEVICE = "cuda"
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return torch.load(FIXTURE)
+
+
+def on_device(batch: dict) -> dict:
+    return {k: v.to(DEVICE) for k, v in batch.items()}
+
+
+def build_on_device(reference, **arch_overrides) -> ACTLossHead:
+    head = ACTLossHead(HierarchicalReasoningModel_ACTV1({**reference["arch"], **arch_overrides}), reference["loss_type"])
+    head.load_state_dict(reference["state_dict"])
+    return head.to(DEVICE)
+
+
+def run_training_calls(step_fn, head, batch):
+    carry, results = head.initial_carry(batch), []
+    for _ in range(3):
+        head.zero_grad(set_to_none=True)
+        head.model.puzzle_emb.local_weights.grad = None
+        carry, loss, metrics, outputs, _ = step_fn(carry=carry, batch=batch, return_keys=["logits", "q_halt_logits", "q_continue_logits"])
+        loss.backward()
+        grads = {name: p.grad.clone() for name, p in head.named_parameters()}
+        results.append((loss.detach(), outputs, carry.halted.clone(), grads, head.model.puzzle_emb.local_weights.grad.clone()))
+    return results
+
+
+def test_float32_on_gpu_matches_reference(reference):
+    head = build_on_device(reference).train()
+    assert head.model.puzzle_emb.local_weights.is_leaf and head.model.puzzle_emb.local_weights.device.type == "cuda"
+    results = run_training_calls(head, head, on_device(reference["batch"]))
+    for (loss, outputs, halted, grads, emb_grad), expected in zip(results, reference["train"]):
+        assert relative_error(loss.cpu(), expected["loss"]) <= OUTPUT_TOL
+        for key in outputs:
+            assert relative_error(outputs[key].cpu(), expected["outputs"][key]) <= OUTPUT_TOL, key
+        assert torch.equal(halted.cpu(), expected["halted"])
+        for name, grad in grads.items():
+            assert relative_error(grad.cpu(), expected["grads"][name]) <= GRAD_TOL, name
+        assert relative_error(emb_grad.cpu(), expected["puzzle_emb_grad"]) <= GRAD_TOL
+
+
+def test_bfloat16_compiled_on_gpu_is_close_to_reference(reference):
+    head = build_on_device(reference, forward_dtype="bfloat16").train()
+    compiled = torch.compile(head, fullgraph=True)
+    results = run_training_calls(compiled, head, on_device(reference["batch"]))
+    errors = {}
+    for call, ((loss, outputs, _, grads, _), expected) in enumerate(zip(results, reference["train"])):
+        errors[f"loss{call}"] = relative_error(loss.cpu(), expected["loss"])
+        errors[f"logits{call}"] = relative_error(outputs["logits"].float().cpu(), expected["outputs"]["logits"])
+        errors[f"grads{call}"] = max(relative_error(g.cpu(), expected["grads"][n]) for n, g in grads.items())
+    print(json.dumps({"test": "bf16_compiled_vs_fp32_reference", "backend": attention_backend(DEVICE, torch.bfloat16, 8), **errors}))
+    # bfloat16 keeps 8 bits of mantissa: a few percent after a dozen blocks.
+    assert all(error < 5e-2 for key, error in errors.items() if not key.startswith("grads"))
+    assert all(error < 2e-1 for key, error in errors.items() if key.startswith("grads"))
+
+
+def test_adam_atan2_on_gpu_equals_transcribed_rule():
+    params, grads = random_problem()
+    expected = transcribed_rule(params, grads, LRS, BETAS, WEIGHT_DECAY)
+    ours = [torch.nn.Parameter(p.to(DEVICE)) for p in params]
+    optimizer = AdamATan2(ours, lr=0.0, betas=BETAS, weight_decay=WEIGHT_DECAY)
+    for step_grads, lr in zip(grads, LRS):
+        for p, g in zip(ours, step_grads):
+            p.grad = g.to(DEVICE)
+        optimizer.param_groups[0]["lr"] = lr
+        optimizer.step()
+    for mine, reference in zip(ours, expected):
+        assert torch.allclose(mine.detach().cpu().double(), reference, rtol=1e-5, atol=1e-6)
+
+
+def test_sign_sgd_on_gpu_sums_repeated_ids():
+    from tests.test_sparse_embedding import LR, WD, expected_update, make_embedding, train_step
+
+    embedding = make_embedding(batch_size=5).to(DEVICE)
+    optimizer = CastedSparseEmbeddingSignSGD_Distributed(embedding.buffers(), world_size=1, lr=LR, weight_decay=WD)
+    ids = torch.tensor([2, 0, 2, 5, 2], dtype=torch.int32)
+    upstream = torch.randn(5, 4)
+    before = embedding.weights.cpu()
+    train_step(embedding, optimizer, ids.to(DEVICE), upstream.to(DEVICE))
+    assert torch.allclose(embedding.weights.cpu(), expected_update(before, ids.long(), upstream), atol=1e-6)
+
+
+def test_optimizer_is_a_small_share_of_a_training_step(capsys):
+    """Default architecture on the Sudoku shape, batch 384, bfloat16, compiled (the original's 1-GPU run)."""
+    config = dict(
+        batch_size=384, seq_len=81, puzzle_emb_ndim=512, num_puzzle_identifiers=1001, vocab_size=11,
+        H_cycles=2, L_cycles=2, H_layers=4, L_layers=4, hidden_size=512, expansion=4, num_heads=8,
+        pos_encodings="rope", halt_max_steps=16, halt_exploration_prob=0.1, forward_dtype="bfloat16",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    head = ACTLossHead(HierarchicalReasoningModel_ACTV1(config), "stablemax_cross_entropy").to(DEVICE).train()
+    step_fn = torch.compile(head)
+    with capsys.disabled():
+        adam = build_adam_atan2(head.parameters(), lr=1e-4, betas=BETAS, weight_decay=WEIGHT_DECAY)
+    sparse = CastedSparseEmbeddingSignSGD_Distributed(head.model.puzzle_emb.buffers(), world_size=1, lr=1e-4, weight_decay=0.1)
+    batch = dict(
+        inputs=torch.randint(1, 11, (384, 81), dtype=torch.int32, device=DEVICE),
+        labels=torch.randint(1, 11, (384, 81), dtype=torch.int32, device=DEVICE),
+        puzzle_identifiers=torch.randint(0, 1001, (384,), dtype=torch.int32, device=DEVICE),
+    )
+    carry = head.initial_carry(batch)
+
+    def train_step():
+        nonlocal carry
+        carry, loss, _, _, _ = step_fn(carry=carry, batch=batch, return_keys=[])
+        (loss / 384).backward()
+        sparse.step()
+        adam.step()
+        sparse.zero_grad()
+        adam.zero_grad()
+
+    def timed(fn, repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - start) / repeats
+
+    for _ in range(3):  # compile and warm up
+        train_step()
+    step_time = timed(train_step, 10)
+
+    # The optimiser steps alone, on the gradients of the last step.
+    carry, loss, _, _, _ = step_fn(carry=carry, batch=batch, return_keys=[])
+    (loss / 384).backward()
+    adam_time = timed(adam.step, 20)
+    sparse_time = timed(sparse.step, 20)
+
+    report = dict(
+        test="optimizer_share", device=torch.cuda.get_device_name(), attention_backend=attention_backend(DEVICE, torch.bfloat16, 64),
+        optimizer=f"{type(adam).__module__}.{type(adam).__name__}", params=sum(p.numel() for p in head.parameters()),
+        train_step_ms=round(step_time * 1e3, 2), adam_atan2_step_ms=round(adam_time * 1e3, 3), sign_sgd_step_ms=round(sparse_time * 1e3, 3),
+        optimizer_share=round((adam_time + sparse_time) / step_time, 4),
+    )  # fmt: skip
+    with capsys.disabled():
+        print(json.dumps(report))
+    assert (adam_time + sparse_time) / step_time < 0.05

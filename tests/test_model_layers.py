@@ -113,3 +113,34 @@ def test_cpu_use_never_imports_flash_attention():
     batch = make_batch(SMALL)
     head(carry=head.initial_carry(batch), batch=batch, return_keys=[])[1].backward()
     assert not {"flash_attn", "flash_attn_interface"} & set(sys.modules)
+
+
+def test_flash_backends_are_chosen_by_gpu_generation(monkeypatch):
+    import models.layers as layers
+
+    installed = {"flash_attn_3": False, "flash_attn_2": True}
+    monkeypatch.setattr(layers, "_import_flash", lambda backend: (lambda *a, **k: None) if installed[backend] else None)
+    for capability, expected in [((9, 0), "flash_attn_2"), ((8, 0), "flash_attn_2"), ((7, 5), "sdpa")]:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index, c=capability: c)
+        assert _find_backend("cuda", 0, torch.bfloat16, 64) == expected, capability
+    installed["flash_attn_3"] = True
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: (9, 0))
+    assert _find_backend("cuda", 0, torch.float16, 64) == "flash_attn_3"  # Hopper, both installed
+
+
+def test_flash_dispatch_passes_batch_seq_heads_layout(monkeypatch):
+    """The flash path hands [batch, seq, heads, head_dim] tensors over as they are; FA3 may return a tuple."""
+    import models.layers as layers
+
+    def fake_flash(q, k, v, causal):
+        assert q.shape == (2, 10, 4, 8) and not causal
+        out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return out.transpose(1, 2), None
+
+    torch.manual_seed(0)
+    attention = Attention(hidden_size=32, num_heads=4)
+    x = torch.randn(2, 10, 32)
+    expected = attention(None, x)
+    monkeypatch.setattr(layers, "_select_backend", lambda *args: "flash_attn_3")
+    monkeypatch.setitem(layers._flash_funcs, "flash_attn_3", fake_flash)
+    assert torch.allclose(attention(None, x), expected, atol=1e-6)

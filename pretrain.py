@@ -175,6 +175,16 @@ class DeferredMetrics:
         return dict(zip(self.keys, self.host_values.tolist()))
 
 
+def build_train_state(config: PretrainConfig, metadata, context: DistributedContext) -> TrainState:
+    """Model, optimisers and step function at step 0; the ACT exploration RNG seeded per rank."""
+    loss_head = build_loss_head(config, metadata, context)
+    optimizers, base_lrs = build_optimizers(config, loss_head, context)
+    total_steps = int(config.epochs * metadata.total_groups * metadata.mean_puzzle_examples / config.global_batch_size)
+    step_fn = torch.compile(loss_head, dynamic=False) if use_compile(config, context.device) else loss_head
+    torch.manual_seed(config.seed + context.rank)
+    return TrainState(loss_head=loss_head, step_fn=step_fn, optimizers=optimizers, base_lrs=base_lrs, carry=None, step=0, total_steps=total_steps)
+
+
 def train_batch(config: PretrainConfig, state: TrainState, batch: Dict[str, torch.Tensor], global_batch_size: int, context: DistributedContext) -> Optional[DeferredMetrics]:
     if state.step >= state.total_steps:
         return None
@@ -375,33 +385,22 @@ def run_training(overrides: Sequence[str], context: DistributedContext) -> Optio
 
     train_loader = create_dataloader(config, "train", context, test_set_mode=False, epochs_per_iter=config.epochs_per_eval)
     eval_loader = create_dataloader(config, "test", context, test_set_mode=True, epochs_per_iter=1)
-    loss_head = build_loss_head(config, train_loader.metadata, context)
     if config.resume and os.path.exists(os.path.join(config.checkpoint_path, SAVED_CONFIG_NAME)):
         # A resumed run keeps its name (and so its W&B run) unless the command line gives another.
         saved = read_saved_config(config.checkpoint_path)
         config = config.model_copy(update={key: getattr(config, key) or getattr(saved, key) for key in ("project_name", "run_name")})
-    config = broadcast_object(with_derived_names(config, type(loss_head.model).__name__), context)
+    config = broadcast_object(with_derived_names(config, config.arch.name.partition("@")[2]), context)
+    state = build_train_state(config, train_loader.metadata, context)
     resume_from = prepare_run_folder(config, context)
-
-    optimizers, base_lrs = build_optimizers(config, loss_head, context)
-    metadata = train_loader.metadata
-    total_steps = int(config.epochs * metadata.total_groups * metadata.mean_puzzle_examples / config.global_batch_size)
-    compiled = use_compile(config, context.device)
-    state = TrainState(
-        loss_head=loss_head,
-        step_fn=torch.compile(loss_head, dynamic=False) if compiled else loss_head,
-        optimizers=optimizers, base_lrs=base_lrs, carry=None, step=0, total_steps=total_steps,
-    )
-    torch.manual_seed(config.seed + context.rank)  # the ACT exploration draws of this rank
     if resume_from is not None:
         restore_train_state(resume_from, config, state, train_loader, context)
 
     if context.is_main:
         save_config(config, config.checkpoint_path)
         logger = RunLogger(config.checkpoint_path, config.project_name, config.run_name, config.model_dump(), config.wandb.mode, start_step=state.step)
-        parameters = sum(parameter.numel() for parameter in loss_head.parameters())
-        print(f"{config.run_name}: {parameters:,} parameters, {total_steps} steps, {context.world_size} process(es) on "
-              f"{context.device.type}, compile {'on' if compiled else 'off'}, checkpoints in {config.checkpoint_path}"
+        parameters = sum(parameter.numel() for parameter in state.loss_head.parameters())
+        print(f"{config.run_name}: {parameters:,} parameters, {state.total_steps} steps, {context.world_size} process(es) on "
+              f"{context.device.type}, compile {'on' if state.step_fn is not state.loss_head else 'off'}, checkpoints in {config.checkpoint_path}"
               + (f", resuming from {os.path.basename(resume_from)}" if resume_from else ""))
     else:
         logger = SilentLogger()
@@ -413,7 +412,9 @@ def run_training(overrides: Sequence[str], context: DistributedContext) -> Optio
 
 
 def _train_loop(config, state: TrainState, train_loader, eval_loader, logger, context) -> Optional[Dict[str, Dict[str, float]]]:
-    progress = tqdm(total=state.total_steps, initial=state.step, dynamic_ncols=True) if context.is_main else None
+    # Redirected output (a log file) gets a progress line every 30 s rather than a stream of redraws.
+    refresh_seconds = 0.1 if sys.stderr.isatty() else 30
+    progress = tqdm(total=state.total_steps, initial=state.step, dynamic_ncols=True, mininterval=refresh_seconds) if context.is_main else None
     start_time = time.monotonic()
     eval_metrics = None
     for iteration in range(train_loader.state_dict()["iteration"], config.num_evals):

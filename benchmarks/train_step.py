@@ -1,0 +1,475 @@
+"""Benchmark the real training step: the model, optimisers and step that pretrain.py builds and runs,
+on synthetic batches of a named shape.
+
+    python benchmarks/train_step.py --shape sudoku
+    python benchmarks/train_step.py --shape maze --compare eager,compile,compile-max-autotune-no-cudagraphs
+    python benchmarks/train_step.py --shape sudoku --profile profiles/sudoku
+    python benchmarks/train_step.py --shape tiny --steps 3 --warmup 1      # CPU-sized, for CI
+
+Prints one JSON line per variant on stdout (everything else goes to stderr): compile time (the first
+step), median and p90 step time, tokens/s, analytic FLOPs, achieved TFLOP/s and fraction of peak,
+peak memory. A variant is one or more parts joined by '+':
+    default                       as training runs: compiled on CUDA (unless DISABLE_COMPILE), eager on CPU
+    eager | compile               torch.compile off | on (the training code path, config.compile)
+    compile-<mode>                torch.compile with a mode, e.g. compile-max-autotune-no-cudagraphs
+    sdpa-flash | sdpa-cudnn | sdpa-efficient | sdpa-math
+                                  attention through PyTorch SDPA with only that kernel allowed
+e.g. `--compare eager,compile,compile+sdpa-cudnn`. Variants run one after another in one process, each
+on a freshly built train state, so their ratios are measured side by side.
+
+compile_seconds is the first step's wall time. Inductor caches compiled kernels on disk, so it is the
+cold compile time only on a fresh machine or with TORCHINDUCTOR_FORCE_DISABLE_CACHES=1.
+"""
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import re
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+# Run as `python benchmarks/train_step.py`, Python puts benchmarks/ on the import path, not the
+# repository root that holds pretrain.py, models/ and utils/.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+import pretrain  # noqa: E402
+from dataset.common import PuzzleDatasetMetadata  # noqa: E402
+from models import layers  # noqa: E402
+from models.losses import IGNORE_LABEL_ID  # noqa: E402
+from utils.config import ConfigError, PretrainConfig, load_config  # noqa: E402
+from utils.distributed import DistributedContext, setup_distributed  # noqa: E402
+
+# Dense bf16 matrix-product rate measured on one H100 80GB (8192^3 products); the H200 has the same
+# compute. Other devices have no default: pass --peak-tflops.
+HOPPER_PEAK_TFLOPS = 798.0
+
+PROFILED_STEPS = 3  # keeps the gzipped chrome trace of the default shapes to a few MB
+NUM_BATCHES = 8  # distinct synthetic batches, used in turn
+
+
+# Shapes -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shape:
+    seq_len: int
+    vocab_size: int
+    batch: int  # default global batch size
+    num_identifiers: int  # default number of puzzle identifiers
+    input_tokens: Tuple[int, int]  # inclusive range of input tokens, as the dataset builders write them
+    label_tokens: Tuple[int, int]  # inclusive range of label tokens
+    ignored_labels: float  # share of labels that are IGNORE_LABEL_ID (unscored padding)
+    arch: Tuple[str, ...] = ()  # arch overrides of the shape, before the user's --arch
+
+
+SHAPES: Dict[str, Shape] = {
+    # Tokens: PAD 0, blank 1, digit d as d + 1; every cell of the answer is scored.
+    "sudoku": Shape(81, 11, batch=768, num_identifiers=1, input_tokens=(1, 10), label_tokens=(2, 10), ignored_labels=0.0),
+    # 30x30 grids of wall, open, start, goal, path as 1..5.
+    "maze": Shape(900, 6, batch=96, num_identifiers=1, input_tokens=(1, 5), label_tokens=(1, 5), ignored_labels=0.0),
+    # 30x30 canvases: PAD 0, end-of-grid 1, colours 2..11; padding outside the output grid is not scored.
+    # Batch 96 is one GPU's share of the original's 768 over 8 GPUs; 768 on one GPU needs about 8x the
+    # memory of the maze shape.
+    "arc": Shape(900, 12, batch=96, num_identifiers=1000, input_tokens=(0, 11), label_tokens=(0, 11), ignored_labels=0.5),
+    # Small enough for a CPU in a few seconds (CI).
+    "tiny": Shape(81, 11, batch=8, num_identifiers=1, input_tokens=(1, 10), label_tokens=(2, 10), ignored_labels=0.0,
+                  arch=("hidden_size=64", "num_heads=2", "H_layers=1", "L_layers=1", "halt_max_steps=2")),
+}
+
+
+def synthetic_batches(shape: Shape, batch_size: int, num_identifiers: int, seed: int = 0) -> List[Dict[str, torch.Tensor]]:
+    """Random batches in the shape's token ranges: int32 on the CPU, as the training loader yields them."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def tokens(low_high: Tuple[int, int]) -> torch.Tensor:
+        return torch.randint(low_high[0], low_high[1] + 1, (batch_size, shape.seq_len), generator=generator, dtype=torch.int32)
+
+    batches = []
+    for _ in range(NUM_BATCHES):
+        labels = tokens(shape.label_tokens)
+        ignored = torch.rand((batch_size, shape.seq_len), generator=generator) < shape.ignored_labels
+        batches.append({
+            "inputs": tokens(shape.input_tokens),
+            "labels": labels.masked_fill(ignored, IGNORE_LABEL_ID),
+            "puzzle_identifiers": torch.randint(0, num_identifiers, (batch_size,), generator=generator, dtype=torch.int32),
+        })
+    return batches
+
+
+def shape_metadata(shape: Shape, num_identifiers: int) -> PuzzleDatasetMetadata:
+    """What a dataset's dataset.json would say; no files are needed."""
+    return PuzzleDatasetMetadata(
+        pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=shape.vocab_size, seq_len=shape.seq_len,
+        num_puzzle_identifiers=num_identifiers, total_groups=1000, mean_puzzle_examples=1, sets=["all"],
+    )
+
+
+# FLOPs ------------------------------------------------------------------------------------------
+
+
+def train_step_flops(inner: torch.nn.Module) -> int:
+    """Matrix-product FLOPs of one training step of `inner` (a HierarchicalReasoningModel_ACTV1_Inner).
+
+    A block's forward on B sequences of S positions (puzzle positions included), hidden size h:
+        2 * B*S * (its weights: qkv + o + gate_up + down)  +  4 * B * S^2 * h  (q.k^T and attn.v).
+    A module pass is its `layers` blocks. One segment runs H_cycles * L_cycles L passes and H_cycles
+    H passes, then lm_head (B*S rows) and q_head (B rows). The training step runs:
+      - one segment with grad, whose backward costs 2x the forward of what gets gradients: the last
+        L pass, the last H pass and the heads;
+      - when halt_max_steps > 1, one more segment without grad for the Q-learning target.
+    Norms, RoPE, embeddings, losses and optimisers are elementwise and not counted.
+    """
+    config = inner.config
+    batch, seq = config.batch_size, config.seq_len + inner.puzzle_emb_len
+    tokens = batch * seq
+
+    def module_pass(module: torch.nn.Module) -> int:
+        # Every parameter of a block is a matrix-product weight: no biases, RMSNorm has no scale.
+        return sum(2 * tokens * sum(p.numel() for p in block.parameters()) + 4 * batch * seq**2 * config.hidden_size
+                   for block in module.layers)
+
+    L_pass, H_pass = module_pass(inner.L_level), module_pass(inner.H_level)
+    heads = 2 * tokens * inner.lm_head.weight.numel() + 2 * batch * inner.q_head.weight.numel()
+    segment = config.H_cycles * (config.L_cycles * L_pass + H_pass) + heads
+
+    flops = segment + 2 * (L_pass + H_pass + heads)
+    if config.halt_max_steps > 1:
+        flops += segment
+    return flops
+
+
+# Variants ---------------------------------------------------------------------------------------
+
+SDPA_BACKENDS = {
+    "sdpa-flash": SDPBackend.FLASH_ATTENTION,
+    "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION,
+    "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION,
+    "sdpa-math": SDPBackend.MATH,
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    compile: Optional[bool] = None  # None: as training decides
+    compile_mode: Optional[str] = None  # a torch.compile mode; None: pretrain.py's own compile
+    sdpa_backend: Optional[SDPBackend] = None  # None: the backend models.layers picks
+
+
+def parse_variant(name: str) -> Variant:
+    compile_modes = list(torch._inductor.list_mode_options())
+    compile, compile_mode, sdpa_backend = None, None, None
+    for part in name.split("+"):
+        if part == "default":
+            continue
+        if part in ("eager", "compile"):
+            compile = part == "compile"
+        elif part.startswith("compile-") and part[len("compile-"):] in compile_modes:
+            compile, compile_mode = True, part[len("compile-"):]
+        elif part in SDPA_BACKENDS:
+            sdpa_backend = SDPA_BACKENDS[part]
+        else:
+            raise ValueError(
+                f"unknown variant part '{part}' in '{name}': use default, eager, compile, "
+                f"{', '.join('compile-' + mode for mode in compile_modes)}, {', '.join(SDPA_BACKENDS)}, joined by '+'"
+            )
+    return Variant(name, compile, compile_mode, sdpa_backend)
+
+
+def build_state(base_config: PretrainConfig, variant: Variant, metadata: PuzzleDatasetMetadata, context: DistributedContext):
+    # A compile mode is applied below to the uncompiled step; otherwise pretrain.py compiles or not.
+    compile = False if variant.compile_mode is not None else variant.compile
+    config = base_config.model_copy(update={} if compile is None else {"compile": compile})
+    # stdout carries only the JSON lines; the optimiser builder reports its choice with print().
+    with contextlib.redirect_stdout(sys.stderr):
+        state = pretrain.build_train_state(config, metadata, context)
+    if variant.compile_mode is not None:
+        state.step_fn = torch.compile(state.loss_head, dynamic=False, mode=variant.compile_mode)
+    return config, state
+
+
+@contextlib.contextmanager
+def attention_override(variant: Variant, device: torch.device, dtype: torch.dtype, head_dim: int):
+    """Route attention through SDPA restricted to the variant's kernel, if it names one."""
+    if variant.sdpa_backend is None:
+        yield
+        return
+    # models.layers calls FlashAttention directly when the package is installed, bypassing SDPA; its
+    # cached choice for these tensors is pinned to SDPA so that sdpa_kernel decides what runs.
+    key = (device.type, device.index or 0, dtype, head_dim)
+    previous = layers._backend_cache.get(key)
+    layers._backend_cache[key] = layers.SDPA
+    try:
+        with sdpa_kernel(variant.sdpa_backend):
+            yield
+    finally:
+        if previous is None:
+            del layers._backend_cache[key]
+        else:
+            layers._backend_cache[key] = previous
+
+
+# Timing -----------------------------------------------------------------------------------------
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class StepClock:
+    """Timestamps at step boundaries: CUDA events on the GPU (the host never waits inside the loop),
+    perf_counter on the CPU. A step's time runs from its start to the next step's start, so time the
+    GPU spends waiting for the host counts, as it does in training."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def step_ms(self) -> List[float]:
+        pairs = zip(self.marks, self.marks[1:])
+        if self.cuda:
+            torch.cuda.synchronize()
+            return [start.elapsed_time(end) for start, end in pairs]
+        return [(end - start) * 1e3 for start, end in pairs]
+
+
+def run_steps(config: PretrainConfig, state, batches, context: DistributedContext, count: int, clock: Optional[StepClock] = None) -> None:
+    """`count` real training steps with the training loop's host syncs: a step's metrics are read
+    (and checked for NaN) right after the next step has been launched."""
+    pending = None
+    for _ in range(count):
+        if clock is not None:
+            clock.mark()
+        batch = batches[state.step % len(batches)]
+        current = pretrain.train_batch(config, state, batch, config.global_batch_size, context)
+        if pending is not None:
+            pretrain.finish_train_metrics(pending, config.global_batch_size)
+        pending = current
+    if clock is not None:
+        clock.mark()
+    if pending is not None:
+        pretrain.finish_train_metrics(pending, config.global_batch_size)
+
+
+def memory_gib(device: torch.device) -> Optional[float]:
+    return round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda" else None
+
+
+# Profile ----------------------------------------------------------------------------------------
+
+
+def profile_steps(folder: str, config: PretrainConfig, state, batches, context: DistributedContext) -> None:
+    """Profile a few steps: DIR/trace.json.gz (chrome://tracing, Perfetto) and DIR/top_kernels.txt."""
+    cuda = context.device.type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    with torch.profiler.profile(activities=activities) as profiler:
+        run_steps(config, state, batches, context, PROFILED_STEPS)
+        synchronize(context.device)
+    os.makedirs(folder, exist_ok=True)
+    profiler.export_chrome_trace(os.path.join(folder, "trace.json.gz"))
+    with open(os.path.join(folder, "top_kernels.txt"), "w") as file:
+        file.write(kernel_table(profiler.key_averages(), cuda))
+
+
+def kernel_table(averages, cuda: bool, rows: int = 25) -> str:
+    """The GPU kernels that took the most time over the profiled steps (CPU ops on a CPU run)."""
+    if not cuda:
+        return f"Top {rows} CPU ops by self time over {PROFILED_STEPS} steps\n" + averages.table(sort_by="self_cpu_time_total", row_limit=rows)
+    # Annotations such as "Optimizer.step#..." also carry device time: that of the kernels they span.
+    kernels = [a for a in averages if a.device_type == torch.autograd.DeviceType.CUDA and not a.is_user_annotation]
+    kernels.sort(key=lambda a: a.self_device_time_total, reverse=True)
+    total_us = sum(a.self_device_time_total for a in kernels)
+    lines = [f"Top {rows} CUDA kernels by time over {PROFILED_STEPS} steps ({total_us / 1e3:.1f} ms of kernel time in all)",
+             f"{'ms':>9} {'share':>6} {'calls':>6} {'us/call':>9}  kernel"]
+    for a in kernels[:rows]:
+        lines.append(f"{a.self_device_time_total / 1e3:9.2f} {a.self_device_time_total / total_us:6.1%} {a.count:6d} "
+                     f"{a.self_device_time_total / a.count:9.1f}  {a.key}")
+    return "\n".join(lines) + "\n"
+
+
+# One variant ------------------------------------------------------------------------------------
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def benchmark_variant(variant: Variant, base_config: PretrainConfig, metadata: PuzzleDatasetMetadata, batches, context: DistributedContext,
+                      args: argparse.Namespace, peak_tflops: Optional[float]) -> dict:
+    device = context.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    config, state = build_state(base_config, variant, metadata, context)
+    needed_steps = args.warmup + args.steps + (PROFILED_STEPS if args.profile else 0)
+    if state.total_steps < needed_steps:
+        raise ConfigError(f"the schedule has {state.total_steps} steps, fewer than the {needed_steps} to run: use a smaller --batch")
+
+    model = state.loss_head.model
+    dtype, head_dim = model.inner.forward_dtype, model.config.hidden_size // model.config.num_heads
+    with attention_override(variant, device, dtype, head_dim):
+        # The first step compiles (when compiled); the further warm-up steps settle caches and autotuning.
+        start = time.perf_counter()
+        run_steps(config, state, batches, context, 1)
+        synchronize(device)
+        compile_seconds = time.perf_counter() - start
+        run_steps(config, state, batches, context, args.warmup - 1)
+        synchronize(device)
+        peak_memory_with_warmup = memory_gib(device)
+
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        clock = StepClock(device)
+        run_steps(config, state, batches, context, args.steps, clock)
+        step_ms = clock.step_ms()
+        peak_memory = memory_gib(device)
+
+        if args.profile:
+            folder = args.profile if len(args.variants) == 1 else os.path.join(args.profile, re.sub(r"[^\w.-]", "_", variant.name))
+            profile_steps(folder, config, state, batches, context)
+
+        backend = layers.attention_backend(device, dtype, head_dim)
+    if variant.sdpa_backend is not None:
+        backend = f"{backend} ({variant.sdpa_backend.name})"
+
+    median_ms, p90_ms = float(np.median(step_ms)), float(np.percentile(step_ms, 90))
+    tokens = config.global_batch_size * (metadata.seq_len + model.inner.puzzle_emb_len)
+    flops = train_step_flops(model.inner)
+    achieved_tflops = flops / (median_ms * 1e-3) / 1e12
+    return {
+        "variant": variant.name,
+        "shape": args.shape,
+        "batch": config.global_batch_size,
+        "seq_len": metadata.seq_len,
+        "puzzle_positions": model.inner.puzzle_emb_len,
+        "num_identifiers": metadata.num_puzzle_identifiers,
+        "arch_overrides": args.arch,
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "forward_dtype": model.config.forward_dtype,
+        "compiled": state.step_fn is not state.loss_head,
+        "compile_mode": variant.compile_mode,
+        "attention_backend": backend,
+        "optimizers": [f"{type(optimizer).__module__}.{type(optimizer).__qualname__}" for optimizer in state.optimizers],
+        "parameters": sum(p.numel() for p in state.loss_head.parameters()),
+        "compile_seconds": round(compile_seconds, 3),
+        "warmup_steps": args.warmup,
+        "timed_steps": args.steps,
+        "step_ms_median": round(median_ms, 3),
+        "step_ms_p90": round(p90_ms, 3),
+        "tokens_per_s": round(tokens / (median_ms * 1e-3), 1),
+        "flops_per_step": flops,
+        "achieved_tflops": round(achieved_tflops, 3),
+        "peak_tflops": peak_tflops,
+        "fraction_of_peak": round(achieved_tflops / peak_tflops, 4) if peak_tflops else None,
+        "flop_floor_ms": round(flops / (peak_tflops * 1e12) * 1e3, 3) if peak_tflops else None,
+        "peak_memory_gib": peak_memory,
+        "peak_memory_with_warmup_gib": peak_memory_with_warmup,
+    }
+
+
+# Command line -----------------------------------------------------------------------------------
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="sudoku", help="dataset shape (default sudoku)")
+    parser.add_argument("--batch", type=int, help="global batch size (default: the shape's; sudoku 768, maze 96, arc 96, tiny 8)")
+    parser.add_argument("--num-identifiers", type=int, help="puzzle identifiers, i.e. rows of the puzzle embedding table "
+                        "(default: the shape's; arc 1000; the real ARC-1 build has 876407)")
+    parser.add_argument("--arch", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="model overrides, e.g. --arch hidden_size=256 H_cycles=1 (applied as arch.KEY=VALUE)")
+    parser.add_argument("--compare", default="default", help="comma-separated variants to run in turn (default: default)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps, the first of which compiles (default 10)")
+    parser.add_argument("--steps", type=int, default=50, help="timed steps (default 50)")
+    parser.add_argument("--peak-tflops", type=float, help=f"peak TFLOP/s for the fraction of peak (default {HOPPER_PEAK_TFLOPS:g} on H100/H200, else none)")
+    parser.add_argument("--profile", metavar="DIR", help=f"profile {PROFILED_STEPS} steps after timing: DIR/trace.json.gz and DIR/top_kernels.txt "
+                        "(DIR/<variant>/ when comparing)")
+    parser.add_argument("--output", metavar="FILE", help="also append the JSON lines to FILE")
+    args = parser.parse_args(argv)
+
+    for name, value, minimum in (("--warmup", args.warmup, 1), ("--steps", args.steps, 1), ("--batch", args.batch, 1), ("--num-identifiers", args.num_identifiers, 1)):
+        if value is not None and value < minimum:
+            parser.error(f"{name} must be at least {minimum}, got {value}")
+    for item in args.arch:
+        if "=" not in item:
+            parser.error(f"--arch takes KEY=VALUE items (e.g. hidden_size=256), got '{item}'")
+    try:
+        args.variants = [parse_variant(name.strip()) for name in args.compare.split(",")]
+    except ValueError as error:
+        parser.error(str(error))
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
+    args = parse_args(argv)
+    shape = SHAPES[args.shape]
+    batch = args.batch or shape.batch
+    num_identifiers = args.num_identifiers or shape.num_identifiers
+
+    context = setup_distributed()
+    if context.is_distributed:
+        raise ConfigError("the benchmark runs in one process: start it with python, not torchrun")
+    # '++' sets a key whether or not the arch yaml has it (e.g. forward_dtype); the model's own config
+    # rejects unknown keys by name.
+    base_config = load_config(["data_path=synthetic", f"global_batch_size={batch}", "wandb.mode=disabled"]
+                              + [f"++arch.{item}" for item in shape.arch + tuple(args.arch)])
+    metadata = shape_metadata(shape, num_identifiers)
+    batches = synthetic_batches(shape, batch, num_identifiers)
+    peak_tflops = args.peak_tflops
+    if peak_tflops is None and context.device.type == "cuda" and re.search(r"H100|H200", torch.cuda.get_device_name(context.device)):
+        peak_tflops = HOPPER_PEAK_TFLOPS
+
+    records = []
+    for variant in args.variants:
+        try:
+            record = benchmark_variant(variant, base_config, metadata, batches, context, args, peak_tflops)
+        except ConfigError:
+            raise
+        except Exception as error:  # e.g. an SDPA kernel this GPU or dtype lacks, out of memory: report it and go on
+            traceback.print_exc(file=sys.stderr)
+            record = {"variant": variant.name, "shape": args.shape, "batch": batch, "device": device_name(context.device),
+                      "torch": torch.__version__, "error": f"{type(error).__name__}: {error}".splitlines()[0]}
+        line = json.dumps(record)
+        print(line, flush=True)
+        if args.output:
+            with open(args.output, "a") as file:
+                file.write(line + "\n")
+        records.append(record)
+        # Release this variant's model, optimiser state and compiled graphs before the next is built. The
+        # empty Dynamo cache also makes the next variant compile on its own (its compile time is its
+        # own) and keeps rebuilt models from adding up recompilations towards Dynamo's limit.
+        torch._dynamo.reset()
+        gc.collect()
+        if context.device.type == "cuda":
+            torch.cuda.empty_cache()
+    return records
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)

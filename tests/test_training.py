@@ -178,6 +178,30 @@ def test_two_processes_match_one(dataset, tmp_path):
                 assert math.isclose(one[key], two[key], rel_tol=1e-5), (one["step"], key, one[key], two[key])
     assert_same_tensors(final_weights(single)["model"], final_weights(double)["model"], exact=False, tolerance=1e-4)
 
+    # Evaluation over two processes: each rank writes its slice, together the whole test split.
+    result = run_script(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                         "evaluate.py", f"checkpoint={double}/step_12.pt", f"output_dir={tmp_path}/preds"], timeout=300)
+    assert result.returncode == 0, result.stderr
+    rank_files = [torch.load(tmp_path / "preds" / f"step_12_all_preds.{rank}") for rank in (0, 1)]
+    evaluate.run_evaluation(evaluate.EvalConfig(checkpoint=f"{double}/step_12.pt", output_dir=f"{tmp_path}/one"), CPU)
+    one_process = torch.load(tmp_path / "one" / "step_12_all_preds.0")
+
+    def example_rows(predictions):
+        return sorted(map(tuple, torch.cat([predictions["inputs"], predictions["preds"].to(torch.int32)], dim=1).tolist()))
+
+    assert sum(len(rank_file["inputs"]) for rank_file in rank_files) == 40
+    assert example_rows({key: torch.cat([rank_file[key] for rank_file in rank_files]) for key in ("inputs", "preds")}) == example_rows(one_process)
+
+
+def test_wandb_offline_needs_no_login(dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "run"
+    train_in_process(tiny_overrides(dataset, str(run), epochs=4, **{"wandb.mode": "offline", "run_name": "offline-check"}))
+    offline_runs = list((run / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1
+    assert any(offline_runs[0].glob("*.wandb"))
+
 
 def test_starting_over_an_existing_run_is_refused(dataset, tmp_path):
     run = str(tmp_path / "run")

@@ -417,13 +417,19 @@ def _train_loop(config, state: TrainState, train_loader, eval_loader, logger, co
     progress = tqdm(total=state.total_steps, initial=state.step, dynamic_ncols=True, mininterval=refresh_seconds) if context.is_main else None
     start_time = time.monotonic()
     eval_metrics = None
+
+    def log_train_metrics(pending: DeferredMetrics) -> None:
+        metrics = finish_train_metrics(pending, config.global_batch_size)
+        metrics["time/elapsed_seconds"] = time.monotonic() - start_time  # since this process started
+        logger.log(metrics, step=pending.step)
+
     for iteration in range(train_loader.state_dict()["iteration"], config.num_evals):
         state.step_fn.train()
         pending, save_after_eval = None, False
         for _, batch, global_batch_size in train_loader:
             current = train_batch(config, state, batch, global_batch_size, context)
             if pending is not None:
-                logger.log(finish_train_metrics(pending, config.global_batch_size), step=pending.step)
+                log_train_metrics(pending)
             pending = current
             if progress is not None:
                 progress.update(state.step - progress.n)
@@ -434,11 +440,11 @@ def _train_loop(config, state: TrainState, train_loader, eval_loader, logger, co
                     save_after_eval = True
                 else:
                     # Check this step's loss before its weights are saved.
-                    logger.log(finish_train_metrics(pending, config.global_batch_size), step=pending.step)
+                    log_train_metrics(pending)
                     pending = None
                     save_train_state(config, state, train_loader, context)
         if pending is not None:
-            logger.log(finish_train_metrics(pending, config.global_batch_size), step=pending.step)
+            log_train_metrics(pending)
 
         eval_start = time.monotonic()
         eval_metrics = evaluate(config, state, eval_loader, context, save_dir=config.checkpoint_path)

@@ -271,3 +271,17 @@ def test_resume_with_another_config_is_refused(dataset, tmp_path):
     with pytest.raises(ConfigError, match="lr: 0.003 in the checkpoint, 0.001 now"):
         train_in_process(tiny_overrides(dataset, run, epochs=4, lr=1e-3, resume="true"))
     shutil.rmtree(run)
+
+
+def test_reproduce_script_trains_evaluates_and_plots(dataset, tmp_path):
+    # The recipe script with a tiny model on the tiny dataset: wiring, resume=true on a fresh folder, plot.
+    run = tmp_path / "run"
+    environment = dict(training_environment(), DATA=dataset, RUN=str(run))
+    arguments = [item for item in tiny_overrides(dataset, str(run)) if not item.startswith(("data_path=", "checkpoint_path="))]
+    result = subprocess.run(["bash", "scripts/reproduce_sudoku_1k.sh", *arguments], cwd=REPO_ROOT, env=environment,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    records = read_metrics(run / "metrics.jsonl")
+    assert all("time/elapsed_seconds" in record for record in records)
+    assert [os.path.basename(path) for path in list_checkpoints(str(run))] == ["step_12.pt", "step_24.pt"]
+    assert (run / "curves.png").stat().st_size > 10_000

@@ -197,10 +197,16 @@ def test_wandb_offline_needs_no_login(dataset, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "")
     monkeypatch.setenv("WANDB_SILENT", "true")
     run = tmp_path / "run"
-    train_in_process(tiny_overrides(dataset, str(run), epochs=4, **{"wandb.mode": "offline", "run_name": "offline-check"}))
+    overrides = tiny_overrides(dataset, str(run), epochs=4, **{"wandb.mode": "offline"})
+    train_in_process(overrides)
     offline_runs = list((run / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1
     assert any(offline_runs[0].glob("*.wandb"))
+
+    # A resumed run continues the same W&B run (same id, a second offline segment to sync).
+    train_in_process(overrides + ["resume=true"])
+    run_id = (run / "wandb_run_id.txt").read_text()
+    assert sorted(path.name.endswith(run_id) for path in (run / "wandb").glob("offline-run-*")) == [True, True]
 
 
 def test_starting_over_an_existing_run_is_refused(dataset, tmp_path):

@@ -6,10 +6,11 @@ Only the main rank logs; other ranks get a logger whose calls do nothing.
 import json
 import math
 import os
-import re
+import secrets
 from typing import Dict, Optional
 
 METRICS_FILE_NAME = "metrics.jsonl"
+WANDB_ID_FILE_NAME = "wandb_run_id.txt"
 
 
 class RunLogger:
@@ -21,10 +22,9 @@ class RunLogger:
         if wandb_mode != "disabled":
             import wandb
 
-            # A run id derived from the run name lets a resumed run continue the same W&B run.
-            run_id = re.sub(r"[^a-z0-9-]+", "-", run_name.lower()).strip("-")
             self.wandb_run = wandb.init(
-                project=project_name, name=run_name, id=run_id, resume="allow", config=config,
+                project=project_name, name=run_name, id=_wandb_run_id(folder, start_step),
+                resume="allow", config=config,
                 mode=wandb_mode, dir=folder, settings=wandb.Settings(x_disable_stats=True, console="off"),
             )
 
@@ -49,6 +49,18 @@ class SilentLogger:
 
     def close(self) -> None:
         pass
+
+
+def _wandb_run_id(folder: str, start_step: int) -> str:
+    """A new W&B run id for a new run; the stored one for a resumed run, so it continues the same W&B run."""
+    path = os.path.join(folder, WANDB_ID_FILE_NAME)
+    if start_step > 0 and os.path.exists(path):
+        with open(path) as file:
+            return file.read().strip()
+    run_id = secrets.token_hex(4)
+    with open(path, "w") as file:
+        file.write(run_id)
+    return run_id
 
 
 def _plain_number(value) -> Optional[float]:

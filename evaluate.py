@@ -1,7 +1,7 @@
 """Evaluate a checkpoint on its dataset's test split and save the predictions.
 
     python evaluate.py checkpoint=checkpoints/<project>/<run>/step_N.pt
-    torchrun --nproc-per-node 8 evaluate.py checkpoint=<file> [output_dir=DIR] [data_path=DIR]
+    torchrun --nproc-per-node 8 evaluate.py checkpoint=<file> [output_dir=DIR] [data_path=DIR] [global_batch_size=N]
 
 Reads `all_config.yaml` from the checkpoint's folder, accepts our full checkpoints and the original's
 weights-only `step_N` files, prints the metrics per set and writes `step_N_all_preds.<rank>`.
@@ -30,6 +30,7 @@ class EvalConfig(BaseModel):
     save_outputs: List[str] = DEFAULT_SAVE_OUTPUTS
     output_dir: Optional[str] = None  # default: the checkpoint's folder
     data_path: Optional[str] = None  # default: the training run's data_path
+    global_batch_size: Optional[int] = None  # default: the training run's; set one that the process count divides
 
 
 def parse_eval_config(arguments: Sequence[str]) -> EvalConfig:
@@ -37,7 +38,7 @@ def parse_eval_config(arguments: Sequence[str]) -> EvalConfig:
         return EvalConfig(**OmegaConf.to_container(OmegaConf.from_cli(list(arguments))))
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors())
-        raise ConfigError(f"evaluate.py: {problems}. Usage: python evaluate.py checkpoint=<path to step_N.pt> [output_dir=DIR] [data_path=DIR]") from None
+        raise ConfigError(f"evaluate.py: {problems}. Usage: python evaluate.py checkpoint=<path to step_N.pt> [output_dir=DIR] [data_path=DIR] [global_batch_size=N]") from None
 
 
 def run_evaluation(eval_config: EvalConfig, context: DistributedContext) -> Optional[Dict[str, Dict[str, float]]]:
@@ -46,8 +47,9 @@ def run_evaluation(eval_config: EvalConfig, context: DistributedContext) -> Opti
     run_folder = os.path.dirname(os.path.abspath(eval_config.checkpoint))
     config = read_saved_config(run_folder)
     overrides = {"eval_save_outputs": eval_config.save_outputs, "checkpoint_path": run_folder}
-    if eval_config.data_path is not None:
-        overrides["data_path"] = eval_config.data_path
+    for key in ("data_path", "global_batch_size"):
+        if getattr(eval_config, key) is not None:
+            overrides[key] = getattr(eval_config, key)
     config = config.model_copy(update=overrides)
     check_world_size(config, context.world_size)
 

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
+import yaml
 from torch import nn
 from tqdm import tqdm
 
+from dataset.common import DatasetError
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
 from utils.checkpoint import (
     carry_from_state,
@@ -462,9 +464,14 @@ def _train_loop(config, state: TrainState, train_loader, eval_loader, logger, co
 
 
 def main() -> None:
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        print("Defaults (config/cfg_pretrain.yaml + config/arch/hrm_v1.yaml):\n")
+        print(yaml.safe_dump(load_config([]).model_dump(), sort_keys=False))
+        return
     try:
         launch(sys.argv[1:])
-    except (ConfigError, NonFiniteLossError, FileNotFoundError) as error:
+    except (ConfigError, DatasetError, NonFiniteLossError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
 

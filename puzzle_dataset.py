@@ -12,7 +12,7 @@ import numpy as np
 import pydantic
 import torch
 
-from dataset.common import SET_ARRAY_FIELDS, PuzzleDatasetMetadata
+from dataset.common import SET_ARRAY_FIELDS, DatasetError, PuzzleDatasetMetadata
 
 # Label value the losses ignore; the loader turns the dataset's `ignore_label_id` into it.
 IGNORE_LABEL_ID = -100
@@ -28,8 +28,8 @@ class PuzzleDatasetConfig(pydantic.BaseModel):
     num_replicas: int
 
 
-def _inconsistent(path: str, problem: str) -> ValueError:
-    return ValueError(f"{path}: {problem}; the dataset is inconsistent, rebuild it with dataset/build_*_dataset.py")
+def _inconsistent(path: str, problem: str) -> DatasetError:
+    return DatasetError(f"{path}: {problem}; the dataset is inconsistent, rebuild it with dataset/build_*_dataset.py")
 
 
 class _SetArrays:
@@ -82,28 +82,28 @@ class PuzzleDataset(torch.utils.data.IterableDataset):
     def _check_batch_size(self) -> None:
         config = self.config
         if config.num_replicas < 1 or not 0 <= config.rank < config.num_replicas:
-            raise ValueError(f"rank {config.rank} is not in 0..{config.num_replicas - 1} (num_replicas={config.num_replicas})")
+            raise DatasetError(f"rank {config.rank} is not in 0..{config.num_replicas - 1} (num_replicas={config.num_replicas})")
         if config.global_batch_size < 1 or config.global_batch_size % config.num_replicas != 0:
-            raise ValueError(
+            raise DatasetError(
                 f"global_batch_size={config.global_batch_size} must be a positive multiple of the world size "
                 f"{config.num_replicas}: choose e.g. global_batch_size="
                 f"{max(1, round(config.global_batch_size / config.num_replicas)) * config.num_replicas}"
             )
         if config.epochs_per_iter < 1:
-            raise ValueError(f"epochs_per_iter={config.epochs_per_iter} must be at least 1")
+            raise DatasetError(f"epochs_per_iter={config.epochs_per_iter} must be at least 1")
 
     def _load_metadata(self) -> PuzzleDatasetMetadata:
         path = os.path.join(self._split_dir, "dataset.json")
         if not os.path.isfile(path):
             raise FileNotFoundError(
-                f"{path} not found: dataset_path must be a folder built by dataset/build_*_dataset.py "
+                f"{path} not found: the dataset folder (data_path) must be one built by dataset/build_*_dataset.py "
                 f"(holding {self.split}/dataset.json)"
             )
         try:
             with open(path) as metadata_file:
                 return PuzzleDatasetMetadata.model_validate(json.load(metadata_file))
         except (json.JSONDecodeError, pydantic.ValidationError) as error:
-            raise ValueError(f"{path} is not a valid dataset.json ({error}); rebuild the dataset") from None
+            raise DatasetError(f"{path} is not a valid dataset.json ({error}); rebuild the dataset") from None
 
     def _check_arrays(self) -> None:
         """Check dataset.json against the arrays (header-only for the large memory-mapped ones)."""
@@ -149,7 +149,7 @@ class PuzzleDataset(torch.utils.data.IterableDataset):
             largest_per_group = np.maximum.reduceat(puzzle_sizes, arrays.group_indices[:-1]) if arrays.num_groups else puzzle_sizes
             most_examples = int(largest_per_group.sum()) * self.config.epochs_per_iter
             if most_examples < self.config.global_batch_size:
-                raise ValueError(
+                raise DatasetError(
                     f"global_batch_size={self.config.global_batch_size} is larger than the at most {most_examples} examples "
                     f"that one iteration ({self.config.epochs_per_iter} epochs) of set '{set_name}' in {self._split_dir} "
                     f"yields, so training would get no batch: lower global_batch_size or raise epochs_per_iter"

@@ -291,3 +291,15 @@ def test_reproduce_script_trains_evaluates_and_plots(dataset, tmp_path):
     assert all("time/elapsed_seconds" in record for record in records)
     assert [os.path.basename(path) for path in list_checkpoints(str(run))] == ["step_12.pt", "step_24.pt"]
     assert (run / "curves.png").stat().st_size > 10_000
+
+
+def test_command_line_help_and_a_missing_dataset(tmp_path):
+    result = run_script(["pretrain.py", "--help"])
+    assert result.returncode == 0
+    assert "global_batch_size: 768" in result.stdout and "halt_max_steps: 16" in result.stdout
+
+    result = run_script(["pretrain.py", f"data_path={tmp_path}/nowhere", f"checkpoint_path={tmp_path}/run", "wandb.mode=disabled"])
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+    assert f"{tmp_path}/nowhere" in result.stderr
+    assert not (tmp_path / "run").exists()

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pretrain import TrainState, build_loss_head, create_dataloader, evaluate, use_compile
 from utils.checkpoint import load_checkpoint, step_from_filename, weights_from_checkpoint
 from utils.config import ConfigError, check_world_size, read_saved_config
-from utils.distributed import DistributedContext, setup_distributed, teardown_distributed
+from utils.distributed import DistributedContext, distributed_session, end_process
 
 DEFAULT_SAVE_OUTPUTS = ["inputs", "labels", "puzzle_identifiers", "preds", "q_halt_logits", "q_continue_logits"]
 
@@ -74,14 +74,12 @@ def run_evaluation(eval_config: EvalConfig, context: DistributedContext) -> Opti
 def main() -> None:
     try:
         eval_config = parse_eval_config(sys.argv[1:])
-        context = setup_distributed()
-        try:
+        with distributed_session() as context:
             run_evaluation(eval_config, context)
-        finally:
-            teardown_distributed()
     except (ConfigError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        end_process(1)
+    end_process(0)
 
 
 if __name__ == "__main__":

@@ -52,8 +52,8 @@ from utils.distributed import (
     barrier,
     broadcast_object,
     gather_objects,
-    setup_distributed,
-    teardown_distributed,
+    distributed_session,
+    end_process,
 )
 from utils.logging import RunLogger, SilentLogger
 
@@ -372,11 +372,8 @@ def prepare_run_folder(config: PretrainConfig, context: DistributedContext) -> O
 
 
 def launch(overrides: Sequence[str]) -> Optional[Dict[str, Dict[str, float]]]:
-    context = setup_distributed()
-    try:
+    with distributed_session() as context:
         return run_training(overrides, context)
-    finally:
-        teardown_distributed()
 
 
 def run_training(overrides: Sequence[str], context: DistributedContext) -> Optional[Dict[str, Dict[str, float]]]:
@@ -473,7 +470,8 @@ def main() -> None:
         launch(sys.argv[1:])
     except (ConfigError, DatasetError, NonFiniteLossError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        end_process(1)
+    end_process(0)
 
 
 if __name__ == "__main__":

@@ -229,7 +229,7 @@ def test_batch_size_no_iteration_can_fill_is_refused_in_training_only(tmp_path):
 
 
 def test_missing_files_are_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"nowhere/train/dataset.json not found: the dataset folder (data_path) must be one built by dataset/build_\*_dataset.py"):
+    with pytest.raises(FileNotFoundError, match=r"nowhere/train/dataset.json not found: the dataset folder \(data_path\) must be one built by dataset/build_\*_dataset.py"):
         make(str(tmp_path / "nowhere"))
     path, _ = write_dataset(tmp_path / "data")
     os.remove(os.path.join(path, "test", "all__labels.npy"))

@@ -2,8 +2,10 @@
 CPU or GPU; and the few collectives the training loop needs."""
 
 import os
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, List, Sequence
+from typing import Any, Iterator, List, Sequence
 
 import torch
 import torch.distributed as dist
@@ -51,6 +53,35 @@ def setup_distributed() -> DistributedContext:
 def teardown_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextmanager
+def distributed_session() -> Iterator[DistributedContext]:
+    """`setup_distributed()` for the duration of a `with` block. On success every process waits for
+    the others before the group goes (a process that leaves while a peer still uses the connection
+    can abort that peer); after an error it leaves at once, since the peers may be anywhere."""
+    context = setup_distributed()
+    try:
+        yield context
+    except BaseException:
+        teardown_distributed()
+        raise
+    barrier(context)
+    teardown_distributed()
+
+
+def end_process(exit_code: int = 0) -> None:
+    """Leave a finished torchrun process without Python's interpreter finalisation.
+
+    After the group is gone and all output written, PyTorch's gloo processes sometimes abort in a C++
+    destructor during finalisation ("terminate called without an active exception", exit code 134),
+    which makes torchrun report a finished run as failed. A single process exits normally.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code)
+    sys.exit(exit_code)
 
 
 def all_reduce_gradients(parameters: Sequence[torch.nn.Parameter], world_size: int) -> None:

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+import yaml
 
 import evaluate
 import pretrain
@@ -96,11 +97,17 @@ def test_an_original_weights_only_checkpoint_evaluates(dataset, tmp_path):
     train_in_process(tiny_overrides(dataset, run, epochs=4))
     ours = evaluate.run_evaluation(evaluate.EvalConfig(checkpoint=os.path.join(run, "step_12.pt"), save_outputs=[]), CPU)
 
-    # The original saved the compiled model's bare state dict as `step_N`, keys prefixed `_orig_mod.`.
+    # The original's run folder: all_config.yaml with only its own keys, and the compiled model's
+    # bare state dict saved as `step_N` (no suffix), keys prefixed `_orig_mod.`.
+    original_run = tmp_path / "original_run"
+    original_run.mkdir()
+    config = yaml.safe_load(open(os.path.join(run, "all_config.yaml")))
+    for key in ("resume", "checkpoint_every_steps", "keep_checkpoints", "compile", "wandb"):
+        del config[key]
+    (original_run / "all_config.yaml").write_text(yaml.dump(config))
     weights = torch.load(os.path.join(run, "step_12.pt"), weights_only=False)["model"]
-    original_file = os.path.join(run, "step_12")
-    torch.save({f"_orig_mod.{key}": value for key, value in weights.items()}, original_file)
-    theirs = evaluate.run_evaluation(evaluate.EvalConfig(checkpoint=original_file, save_outputs=[]), CPU)
+    torch.save({f"_orig_mod.{key}": value for key, value in weights.items()}, original_run / "step_12")
+    theirs = evaluate.run_evaluation(evaluate.EvalConfig(checkpoint=str(original_run / "step_12"), save_outputs=[]), CPU)
     assert theirs == ours
 
 

@@ -11,11 +11,11 @@ import os
 import sys
 from typing import Dict, List, Optional, Sequence
 
-import torch
 from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from pretrain import TrainState, build_loss_head, create_dataloader, evaluate, use_compile
+from models.state_dict import load_model_state_dict
+from pretrain import TrainState, build_loss_head, create_dataloader, evaluate, step_function
 from utils.checkpoint import load_checkpoint, step_from_filename, weights_from_checkpoint
 from utils.config import ConfigError, check_world_size, read_saved_config
 from utils.distributed import DistributedContext, distributed_session, end_process
@@ -42,8 +42,6 @@ def parse_eval_config(arguments: Sequence[str]) -> EvalConfig:
 
 
 def run_evaluation(eval_config: EvalConfig, context: DistributedContext) -> Optional[Dict[str, Dict[str, float]]]:
-    from models.state_dict import load_model_state_dict
-
     run_folder = os.path.dirname(os.path.abspath(eval_config.checkpoint))
     config = read_saved_config(run_folder)
     overrides = {"eval_save_outputs": eval_config.save_outputs, "checkpoint_path": run_folder}
@@ -58,12 +56,10 @@ def run_evaluation(eval_config: EvalConfig, context: DistributedContext) -> Opti
     load_model_state_dict(loss_head, weights_from_checkpoint(load_checkpoint(eval_config.checkpoint)))
     state = TrainState(
         loss_head=loss_head,
-        step_fn=loss_head,
+        step_fn=step_function(config, loss_head, context.device),
         optimizers=[], base_lrs=[], carry=None,
         step=step_from_filename(eval_config.checkpoint) or 0, total_steps=0,
     )
-    if use_compile(config, context.device):
-        state.step_fn = torch.compile(loss_head, dynamic=False)
     metrics = evaluate(config, state, eval_loader, context, save_dir=eval_config.output_dir or run_folder)
     if context.is_main and metrics is not None:
         for set_name, values in metrics.items():

@@ -21,6 +21,9 @@ from torch import nn
 from tqdm import tqdm
 
 from dataset.common import DatasetError
+from models.optimizers import build_adam_atan2
+from models.sparse_embedding import CastedSparseEmbeddingSignSGD_Distributed
+from models.state_dict import load_model_state_dict
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
 from utils.checkpoint import (
     carry_from_state,
@@ -110,6 +113,11 @@ def use_compile(config: PretrainConfig, device: torch.device, environ=os.environ
     return config.compile if config.compile is not None else device.type == "cuda"
 
 
+def step_function(config: PretrainConfig, loss_head: nn.Module, device: torch.device) -> nn.Module:
+    """What the loops call: the loss head, compiled where enabled."""
+    return torch.compile(loss_head, dynamic=False) if use_compile(config, device) else loss_head
+
+
 def build_loss_head(config: PretrainConfig, metadata, context: DistributedContext) -> nn.Module:
     """The model wrapped in its loss head, initialised from `config.seed` (identically on every rank)."""
     model_class = load_model_class(config.arch.name)
@@ -133,9 +141,6 @@ def build_loss_head(config: PretrainConfig, metadata, context: DistributedContex
 
 
 def build_optimizers(config: PretrainConfig, loss_head: nn.Module, context: DistributedContext):
-    from models.optimizers import build_adam_atan2
-    from models.sparse_embedding import CastedSparseEmbeddingSignSGD_Distributed
-
     optimizers, base_lrs = [], []
     if config.arch.model_extra.get("puzzle_emb_ndim", 0) > 0:
         optimizers.append(
@@ -182,9 +187,8 @@ def build_train_state(config: PretrainConfig, metadata, context: DistributedCont
     loss_head = build_loss_head(config, metadata, context)
     optimizers, base_lrs = build_optimizers(config, loss_head, context)
     total_steps = int(config.epochs * metadata.total_groups * metadata.mean_puzzle_examples / config.global_batch_size)
-    step_fn = torch.compile(loss_head, dynamic=False) if use_compile(config, context.device) else loss_head
     torch.manual_seed(config.seed + context.rank)
-    return TrainState(loss_head=loss_head, step_fn=step_fn, optimizers=optimizers, base_lrs=base_lrs, carry=None, step=0, total_steps=total_steps)
+    return TrainState(loss_head=loss_head, step_fn=step_function(config, loss_head, context.device), optimizers=optimizers, base_lrs=base_lrs, carry=None, step=0, total_steps=total_steps)
 
 
 def train_batch(config: PretrainConfig, state: TrainState, batch: Dict[str, torch.Tensor], global_batch_size: int, context: DistributedContext) -> Optional[DeferredMetrics]:
@@ -302,8 +306,6 @@ def save_train_state(config: PretrainConfig, state: TrainState, loader: PuzzleDa
 
 
 def restore_train_state(path: str, config: PretrainConfig, state: TrainState, loader: PuzzleDataset, context: DistributedContext) -> None:
-    from models.state_dict import load_model_state_dict
-
     checkpoint = load_checkpoint(path)
     changed = _changed_keys(checkpoint["config"], config.model_dump())
     if changed:

@@ -334,14 +334,14 @@ def restore_train_state(path: str, config: PretrainConfig, state: TrainState, lo
 # Keys that may differ between a checkpoint's config and the resuming run's.
 RESUMABLE_CHANGES = {
     "resume", "wandb", "keep_checkpoints", "checkpoint_every_steps", "checkpoint_every_eval", "compile",
-    "eval_save_outputs", "checkpoint_path", "project_name", "run_name",
+    "eval_save_outputs", "checkpoint_path", "project_name", "run_name", "arch.fused_kernels",
 }
 
 
 def _changed_keys(saved: dict, current: dict, prefix: str = "") -> List[str]:
     changed = []
     for key in sorted(set(saved) | set(current)):
-        if not prefix and key in RESUMABLE_CHANGES:
+        if f"{prefix}{key}" in RESUMABLE_CHANGES:
             continue
         old, new = saved.get(key), current.get(key)
         if isinstance(old, dict) and isinstance(new, dict):

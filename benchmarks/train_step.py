@@ -14,6 +14,8 @@ peak memory. A variant is one or more parts joined by '+':
     compile-<mode>                torch.compile with a mode, e.g. compile-max-autotune-no-cudagraphs
     sdpa-flash | sdpa-cudnn | sdpa-efficient | sdpa-math
                                   attention through PyTorch SDPA with only that kernel allowed
+    fused | unfused               the fused Triton kernels of the gradient-free passes on | off
+                                  (arch.fused_kernels; unfused is the original's computation path)
 e.g. `--compare eager,compile,compile+sdpa-cudnn`. Variants run one after another in one process, each
 on a freshly built train state, so their ratios are measured side by side.
 
@@ -45,8 +47,9 @@ sys.path.insert(0, REPO_ROOT)
 import pretrain  # noqa: E402
 from dataset.common import PuzzleDatasetMetadata  # noqa: E402
 from models import layers  # noqa: E402
+from models.kernels import kernels_usable  # noqa: E402
 from models.losses import IGNORE_LABEL_ID  # noqa: E402
-from utils.config import ConfigError, PretrainConfig, load_config  # noqa: E402
+from utils.config import ArchConfig, ConfigError, PretrainConfig, load_config  # noqa: E402
 from utils.distributed import DistributedContext, setup_distributed  # noqa: E402
 
 # Dense bf16 matrix-product rate measured on one H100 80GB (8192^3 products); the H200 has the same
@@ -164,15 +167,18 @@ class Variant:
     compile: Optional[bool] = None  # None: as training decides
     compile_mode: Optional[str] = None  # a torch.compile mode; None: pretrain.py's own compile
     sdpa_backend: Optional[SDPBackend] = None  # None: the backend models.layers picks
+    fused_kernels: Optional[bool] = None  # None: as the arch config says
 
 
 def parse_variant(name: str) -> Variant:
     compile_modes = list(torch._inductor.list_mode_options())
-    compile, compile_mode, sdpa_backend = None, None, None
+    compile, compile_mode, sdpa_backend, fused_kernels = None, None, None, None
     for part in name.split("+"):
         if part == "default":
             continue
-        if part in ("eager", "compile"):
+        if part in ("fused", "unfused"):
+            fused_kernels = part == "fused"
+        elif part in ("eager", "compile"):
             compile = part == "compile"
         elif part.startswith("compile-") and part[len("compile-"):] in compile_modes:
             compile, compile_mode = True, part[len("compile-"):]
@@ -181,15 +187,18 @@ def parse_variant(name: str) -> Variant:
         else:
             raise ValueError(
                 f"unknown variant part '{part}' in '{name}': use default, eager, compile, "
-                f"{', '.join('compile-' + mode for mode in compile_modes)}, {', '.join(SDPA_BACKENDS)}, joined by '+'"
+                f"{', '.join('compile-' + mode for mode in compile_modes)}, {', '.join(SDPA_BACKENDS)}, fused, unfused, joined by '+'"
             )
-    return Variant(name, compile, compile_mode, sdpa_backend)
+    return Variant(name, compile, compile_mode, sdpa_backend, fused_kernels)
 
 
 def build_state(base_config: PretrainConfig, variant: Variant, metadata: PuzzleDatasetMetadata, context: DistributedContext):
     # A compile mode is applied below to the uncompiled step; otherwise pretrain.py compiles or not.
     compile = False if variant.compile_mode is not None else variant.compile
     config = base_config.model_copy(update={} if compile is None else {"compile": compile})
+    if variant.fused_kernels is not None:
+        arch = ArchConfig(**{**config.arch.model_dump(), "fused_kernels": variant.fused_kernels})
+        config = config.model_copy(update={"arch": arch})
     # stdout carries only the JSON lines; the optimiser builder reports its choice with print().
     with contextlib.redirect_stdout(sys.stderr):
         state = pretrain.build_train_state(config, metadata, context)
@@ -370,6 +379,7 @@ def benchmark_variant(variant: Variant, base_config: PretrainConfig, metadata: P
         "compiled": state.step_fn is not state.loss_head,
         "compile_mode": variant.compile_mode,
         "attention_backend": backend,
+        "fused_kernels": bool(model.config.fused_kernels and kernels_usable(device.type, device.index or 0, dtype)),
         "optimizers": [f"{type(optimizer).__module__}.{type(optimizer).__qualname__}" for optimizer in state.optimizers],
         "parameters": sum(p.numel() for p in state.loss_head.parameters()),
         "compile_seconds": round(compile_seconds, 3),

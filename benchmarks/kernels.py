@@ -1,0 +1,86 @@
+"""Time the fused Triton kernels of models/kernels against the compiled PyTorch code they replace,
+for the layer shapes of the Sudoku and maze training steps, on a CUDA GPU.
+
+    python benchmarks/kernels.py [--output FILE]
+
+Prints one JSON line per (shape, kernel): median microseconds of the fused kernel and of the PyTorch
+path compiled with torch.compile (as training runs it), their ratio, and the fused kernel's relative
+error against the PyTorch path in bfloat16.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+from triton.testing import do_bench
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from models.kernels.rope_attention import rope_attention  # noqa: E402
+from models.kernels.swiglu import swiglu  # noqa: E402
+from models.layers import RotaryEmbedding, apply_rotary_pos_emb  # noqa: E402
+
+# (batch, sequence incl. the puzzle position) of each training shape; default architecture sizes.
+SHAPES = {"sudoku": (768, 82), "maze": (96, 901)}
+HIDDEN, INNER, HEADS, HEAD_DIM = 512, 1536, 8, 64
+
+
+def swiglu_pytorch(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    gate, up = F.linear(x, weight).chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def attention_pytorch(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    batch, seq, _ = qkv.shape
+    query, key, value = qkv.view(batch, seq, 3 * HEADS, HEAD_DIM).split(HEADS, dim=2)
+    query, key = apply_rotary_pos_emb(query, key, cos, sin)
+    out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
+    return out.transpose(1, 2).reshape(batch, seq, HEADS * HEAD_DIM)
+
+
+def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((value.float() - reference.float()).norm() / reference.float().norm()).item()
+
+
+def compare(shape: str, kernel: str, fused, pytorch, inputs) -> dict:
+    compiled = torch.compile(pytorch, dynamic=False)
+    with torch.no_grad():
+        error = relative_error(fused(*inputs), compiled(*inputs))
+        fused_us = do_bench(lambda: fused(*inputs), warmup=50, rep=300, return_mode="median") * 1e3
+        pytorch_us = do_bench(lambda: compiled(*inputs), warmup=50, rep=300, return_mode="median") * 1e3
+    return {"shape": shape, "kernel": kernel, "fused_us": round(fused_us, 1), "pytorch_compiled_us": round(pytorch_us, 1),
+            "speedup": round(pytorch_us / fused_us, 3), "relative_error": round(error, 5),
+            "device": torch.cuda.get_device_name(), "torch": torch.__version__}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", help="also append the JSON lines to this file")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks/kernels.py needs a CUDA GPU")
+
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    records = []
+    for shape, (batch, seq) in SHAPES.items():
+        x = torch.randn(batch * seq, HIDDEN, device="cuda", generator=generator, dtype=torch.bfloat16)
+        weight = (torch.randn(2 * INNER, HIDDEN, device="cuda", generator=generator) / HIDDEN**0.5).to(torch.bfloat16)
+        records.append(compare(shape, "swiglu", swiglu, swiglu_pytorch, (x, weight)))
+
+        qkv = torch.randn(batch, seq, 3 * HEADS * HEAD_DIM, device="cuda", generator=generator, dtype=torch.bfloat16)
+        cos, sin = (table.cuda() for table in RotaryEmbedding(HEAD_DIM, seq, 10000.0)())
+        records.append(compare(shape, "rope_attention", lambda *a: rope_attention(a[0], HEADS, a[1], a[2]), attention_pytorch, (qkv, cos, sin)))
+
+    for record in records:
+        line = json.dumps(record)
+        print(line)
+        if args.output:
+            with open(args.output, "a") as file:
+                file.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()

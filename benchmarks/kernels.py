@@ -1,10 +1,10 @@
-"""Time the fused Triton kernels of models/kernels against the compiled PyTorch code they replace,
-for the layer shapes of the Sudoku and maze training steps, on a CUDA GPU.
+"""Time the fused Triton kernel of models/kernels against the compiled PyTorch code it replaces, for
+the layer shapes of the Sudoku and maze training steps, on a CUDA GPU.
 
     python benchmarks/kernels.py [--output FILE]
 
-Prints one JSON line per (shape, kernel): median microseconds of the fused kernel and of the PyTorch
-path compiled with torch.compile (as training runs it), their ratio, and the fused kernel's relative
+Prints one JSON line per shape: median microseconds of the fused kernel and of the PyTorch path
+compiled with torch.compile (as training runs it), their ratio, and the fused kernel's relative
 error against the PyTorch path in bfloat16.
 """
 
@@ -19,32 +19,16 @@ from triton.testing import do_bench
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from models.kernels.linear_norm import linear_add_rms_norm  # noqa: E402
-from models.kernels.rope_attention import rope_attention  # noqa: E402
 from models.kernels.swiglu import swiglu  # noqa: E402
-from models.layers import RotaryEmbedding, apply_rotary_pos_emb, rms_norm  # noqa: E402
 
 # (batch, sequence incl. the puzzle position) of each training shape; default architecture sizes.
 SHAPES = {"sudoku": (768, 82), "maze": (96, 901)}
-HIDDEN, INNER, HEADS, HEAD_DIM = 512, 1536, 8, 64
-EPS = 1e-5
+HIDDEN, INNER = 512, 1536
 
 
 def swiglu_pytorch(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     gate, up = F.linear(x, weight).chunk(2, dim=-1)
     return F.silu(gate) * up
-
-
-def attention_pytorch(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    batch, seq, _ = qkv.shape
-    query, key, value = qkv.view(batch, seq, 3 * HEADS, HEAD_DIM).split(HEADS, dim=2)
-    query, key = apply_rotary_pos_emb(query, key, cos, sin)
-    out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
-    return out.transpose(1, 2).reshape(batch, seq, HEADS * HEAD_DIM)
-
-
-def linear_norm_pytorch(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    return rms_norm(residual + F.linear(x, weight), EPS)
 
 
 def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
@@ -75,17 +59,6 @@ def main() -> None:
         x = torch.randn(batch * seq, HIDDEN, device="cuda", generator=generator, dtype=torch.bfloat16)
         weight = (torch.randn(2 * INNER, HIDDEN, device="cuda", generator=generator) / HIDDEN**0.5).to(torch.bfloat16)
         records.append(compare(shape, "swiglu", swiglu, swiglu_pytorch, (x, weight)))
-
-        qkv = torch.randn(batch, seq, 3 * HEADS * HEAD_DIM, device="cuda", generator=generator, dtype=torch.bfloat16)
-        cos, sin = (table.cuda() for table in RotaryEmbedding(HEAD_DIM, seq, 10000.0)())
-        residual = torch.randn(batch * seq, HIDDEN, device="cuda", generator=generator, dtype=torch.bfloat16)
-        for name, inputs in (("o_proj", HIDDEN), ("down_proj", INNER)):
-            projected = torch.randn(batch * seq, inputs, device="cuda", generator=generator, dtype=torch.bfloat16)
-            projection = (torch.randn(HIDDEN, inputs, device="cuda", generator=generator) / inputs**0.5).to(torch.bfloat16)
-            records.append(compare(shape, f"linear_add_rms_norm ({name})", lambda *a: linear_add_rms_norm(*a, EPS), linear_norm_pytorch,
-                                   (projected, projection, residual)))
-
-        records.append(compare(shape, "rope_attention", lambda *a: rope_attention(a[0], HEADS, a[1], a[2]), attention_pytorch, (qkv, cos, sin)))
 
     for record in records:
         line = json.dumps(record)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.common import trunc_normal_init_
-from models.kernels import fused_rope_attention, fused_swiglu, rope_attention_supported, swiglu_supported, use_fused_kernels
+from models.kernels import fused_swiglu, swiglu_supported, use_fused_kernels
 
 CosSin = Tuple[torch.Tensor, torch.Tensor]
 
@@ -167,37 +167,24 @@ class RotaryEmbedding(nn.Module):
 
 
 class Attention(nn.Module):
-    """Non-causal multi-head self-attention: fused qkv projection, optional RoPE, output projection.
+    """Non-causal multi-head self-attention: fused qkv projection, optional RoPE, output projection."""
 
-    With `fused`, gradient-free passes on a GPU run RoPE and attention in one Triton kernel.
-    """
-
-    def __init__(self, hidden_size: int, num_heads: int, fused: bool = False):
+    def __init__(self, hidden_size: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads
-        self.fused = fused and rope_attention_supported(self.head_dim)
         # Output rows are [all query heads | all key heads | all value heads], as in the original.
         self.qkv_proj = CastedLinear(hidden_size, 3 * num_heads * self.head_dim, bias=False)
         self.o_proj = CastedLinear(num_heads * self.head_dim, hidden_size, bias=False)
 
-    def attend(self, cos_sin: Optional[CosSin], hidden_states: torch.Tensor) -> torch.Tensor:
-        """Everything before the output projection: [batch, seq, heads * head_dim]."""
+    def forward(self, cos_sin: Optional[CosSin], hidden_states: torch.Tensor) -> torch.Tensor:
         batch_size, seq_len, _ = hidden_states.shape
-        qkv = self.qkv_proj(hidden_states)
-        if self.fused and use_fused_kernels(hidden_states):
-            cos, sin = (cos_sin[0][:seq_len], cos_sin[1][:seq_len]) if cos_sin is not None else (None, None)
-            return fused_rope_attention(qkv, self.num_heads, cos, sin)
-
-        qkv = qkv.view(batch_size, seq_len, 3 * self.num_heads, self.head_dim)
+        qkv = self.qkv_proj(hidden_states).view(batch_size, seq_len, 3 * self.num_heads, self.head_dim)
         query, key, value = qkv.split(self.num_heads, dim=2)
         if cos_sin is not None:
             query, key = apply_rotary_pos_emb(query, key, *cos_sin)
         out = _attention(query, key, value)
-        return out.reshape(batch_size, seq_len, self.num_heads * self.head_dim)
-
-    def forward(self, cos_sin: Optional[CosSin], hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.o_proj(self.attend(cos_sin, hidden_states))
+        return self.o_proj(out.reshape(batch_size, seq_len, self.num_heads * self.head_dim))
 
 
 class SwiGLU(nn.Module):
@@ -214,13 +201,9 @@ class SwiGLU(nn.Module):
         self.gate_up_proj = CastedLinear(hidden_size, 2 * inner_size, bias=False)
         self.down_proj = CastedLinear(inner_size, hidden_size, bias=False)
 
-    def activation(self, x: torch.Tensor) -> torch.Tensor:
-        """Everything before the down projection: silu(gate) * up, [..., inner_size]."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused and use_fused_kernels(x):
             inner = fused_swiglu(x.reshape(-1, x.shape[-1]), self.gate_up_proj.weight.to(x.dtype))
-            return inner.view(*x.shape[:-1], inner.shape[-1])
+            return self.down_proj(inner.view(*x.shape[:-1], inner.shape[-1]))
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return F.silu(gate) * up
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.activation(x))
+        return self.down_proj(F.silu(gate) * up)

@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from torch import nn
 
 from models.common import trunc_normal_init_
-from models.kernels import fused_linear_add_rms_norm, linear_norm_supported, use_fused_kernels
 from models.layers import Attention, CastedEmbedding, CastedLinear, CosSin, RotaryEmbedding, SwiGLU, rms_norm
 from models.sparse_embedding import CastedSparseEmbedding
 
@@ -47,7 +46,7 @@ class HierarchicalReasoningModel_ACTV1Config(BaseModel):
     halt_exploration_prob: float
 
     forward_dtype: str = "bfloat16"
-    # Fused Triton kernels in the gradient-free passes on GPUs (models/kernels); same maths.
+    # The fused SwiGLU Triton kernel in the gradient-free passes on GPUs (models/kernels); same values.
     fused_kernels: bool = True
 
     @field_validator("batch_size", "seq_len", "num_puzzle_identifiers", "vocab_size", "H_cycles", "L_cycles",
@@ -101,35 +100,15 @@ class HierarchicalReasoningModel_ACTV1Carry:
 
 
 class HierarchicalReasoningModel_ACTV1Block(nn.Module):
-    """Post-norm transformer block: x = rms(x + attn(x)); x = rms(x + mlp(x)).
-
-    With `fused_kernels`, gradient-free passes on a GPU run each output projection together with
-    the residual add and RMSNorm after it in one Triton kernel (and see Attention and SwiGLU).
-    """
+    """Post-norm transformer block: x = rms(x + attn(x)); x = rms(x + mlp(x))."""
 
     def __init__(self, config: HierarchicalReasoningModel_ACTV1Config):
         super().__init__()
-        self.self_attn = Attention(hidden_size=config.hidden_size, num_heads=config.num_heads, fused=config.fused_kernels)
+        self.self_attn = Attention(hidden_size=config.hidden_size, num_heads=config.num_heads)
         self.mlp = SwiGLU(hidden_size=config.hidden_size, expansion=config.expansion, fused=config.fused_kernels)
         self.norm_eps = config.rms_norm_eps
-        inner_size = self.mlp.down_proj.weight.shape[1]
-        self.fused = (
-            config.fused_kernels
-            and linear_norm_supported(config.hidden_size, config.hidden_size)
-            and linear_norm_supported(inner_size, config.hidden_size)
-        )
-
-    def _fused_forward(self, cos_sin: Optional[CosSin], hidden_states: torch.Tensor) -> torch.Tensor:
-        shape, dtype = hidden_states.shape, hidden_states.dtype
-        attended = self.self_attn.attend(cos_sin, hidden_states).view(-1, shape[-1])
-        rows = fused_linear_add_rms_norm(attended, self.self_attn.o_proj.weight.to(dtype), hidden_states.view(-1, shape[-1]), self.norm_eps)
-        inner = self.mlp.activation(rows.view(shape))
-        rows = fused_linear_add_rms_norm(inner.view(rows.shape[0], -1), self.mlp.down_proj.weight.to(dtype), rows, self.norm_eps)
-        return rows.view(shape)
 
     def forward(self, cos_sin: Optional[CosSin], hidden_states: torch.Tensor) -> torch.Tensor:
-        if self.fused and use_fused_kernels(hidden_states):
-            return self._fused_forward(cos_sin, hidden_states)
         hidden_states = rms_norm(hidden_states + self.self_attn(cos_sin=cos_sin, hidden_states=hidden_states), self.norm_eps)
         return rms_norm(hidden_states + self.mlp(hidden_states), self.norm_eps)
 

@@ -421,7 +421,7 @@ def _train_loop(config, state: TrainState, train_loader, eval_loader, logger, co
 
     def log_train_metrics(pending: DeferredMetrics) -> None:
         metrics = finish_train_metrics(pending, config.global_batch_size)
-        metrics["time/elapsed_seconds"] = time.monotonic() - start_time  # since this process started
+        metrics["time/elapsed_seconds"] = time.monotonic() - start_time  # since this process entered the training loop
         logger.log(metrics, step=pending.step)
 
     for iteration in range(train_loader.state_dict()["iteration"], config.num_evals):

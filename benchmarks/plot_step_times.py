@@ -1,11 +1,16 @@
 """Bar chart of median train-step times from benchmarks/train_step.py JSON lines, beside the
 original implementation's published figures.
 
-    python benchmarks/plot_step_times.py benchmarks/results/*.jsonl --output docs/images/step_times.png
+    python benchmarks/plot_step_times.py benchmarks/results/*.jsonl --output docs/images/step_times.png \
+        [--label FILE_STEM:VARIANT=TEXT ...]
+
+--label names a variant's bar where the variant name alone would mislead, e.g. when what a name
+meant has changed since that file was written.
 """
 
 import argparse
 import json
+import os
 
 import matplotlib
 
@@ -20,7 +25,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="+", help="JSON-lines files written by train_step.py --output")
     parser.add_argument("--output", required=True, help="PNG to write")
+    parser.add_argument("--label", action="append", default=[], metavar="FILE_STEM:VARIANT=TEXT",
+                        help="bar label for VARIANT in the results file named FILE_STEM(.jsonl)")
     args = parser.parse_args()
+    bar_labels = {}
+    for entry in args.label:
+        key, separator, text = entry.partition("=")
+        if not separator or ":" not in key:
+            parser.error(f"--label {entry!r}: use FILE_STEM:VARIANT=TEXT")
+        bar_labels[tuple(key.split(":", 1))] = text
 
     labels, times, colours = [], [], []
     for shape, milliseconds in ORIGINAL_MS.items():
@@ -28,12 +41,13 @@ def main() -> None:
         times.append(milliseconds)
         colours.append("#999999")
     for path in args.results:
+        stem = os.path.basename(path).removesuffix(".jsonl")
         with open(path) as file:
             for line in file:
                 record = json.loads(line)
                 if "step_ms_median" not in record:
                     continue
-                labels.append(f"{record['shape']}\n{record['variant']}")
+                labels.append(f"{record['shape']}\n{bar_labels.get((stem, record['variant']), record['variant'])}")
                 times.append(record["step_ms_median"])
                 colours.append("#1f77b4")
 

@@ -331,7 +331,7 @@ def restore_train_state(path: str, config: PretrainConfig, state: TrainState, lo
         torch.manual_seed(config.seed + context.rank + state.step)
 
 
-# Keys that may differ between a checkpoint's config and the resuming run's.
+# Keys (dotted where nested) that may differ between a checkpoint's config and the resuming run's.
 RESUMABLE_CHANGES = {
     "resume", "wandb", "keep_checkpoints", "checkpoint_every_steps", "checkpoint_every_eval", "compile",
     "eval_save_outputs", "checkpoint_path", "project_name", "run_name", "arch.fused_kernels",

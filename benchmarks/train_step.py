@@ -14,7 +14,7 @@ peak memory. A variant is one or more parts joined by '+':
     compile-<mode>                torch.compile with a mode, e.g. compile-max-autotune-no-cudagraphs
     sdpa-flash | sdpa-cudnn | sdpa-efficient | sdpa-math
                                   attention through PyTorch SDPA with only that kernel allowed
-    fused | unfused               the fused Triton kernels of the gradient-free passes on | off
+    fused | unfused               the fused SwiGLU Triton kernel of the gradient-free passes on | off
                                   (arch.fused_kernels; unfused is the original's computation path)
 e.g. `--compare eager,compile,compile+sdpa-cudnn`. Variants run one after another in one process, each
 on a freshly built train state, so their ratios are measured side by side.

@@ -286,6 +286,15 @@ def test_resume_with_another_config_is_refused(dataset, tmp_path):
     shutil.rmtree(run)
 
 
+def test_implementation_switches_do_not_block_resume():
+    # compile and the fused kernels change how a step runs, not what it computes.
+    saved = {"lr": 1e-3, "compile": None, "arch": {"hidden_size": 16, "fused_kernels": True}}
+    switched = {"lr": 1e-3, "compile": False, "arch": {"hidden_size": 16, "fused_kernels": False}}
+    assert pretrain._changed_keys(saved, switched) == []
+    resized = {"lr": 1e-3, "compile": None, "arch": {"hidden_size": 32, "fused_kernels": True}}
+    assert pretrain._changed_keys(saved, resized) == ["arch.hidden_size: 16 in the checkpoint, 32 now"]
+
+
 def test_reproduce_script_trains_evaluates_and_plots(dataset, tmp_path):
     # The recipe script with a tiny model on the tiny dataset: wiring, resume=true on a fresh folder, plot.
     run = tmp_path / "run"

@@ -26,6 +26,7 @@ if __package__ in (None, ""):
 
 from dataset.build_arc_dataset import ArcBuildConfig, build_arc_dataset, place_on_canvas  # noqa: E402
 from dataset.common import dihedral_transform  # noqa: E402
+from tests.dataset_helpers import load_field  # noqa: E402
 from utils.arc_score import crop_grids, parse_name  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,10 +84,9 @@ def predicted_tokens(kind: str, answer: np.ndarray, name: str) -> np.ndarray:
 
 def make_predictions(dataset_dir: str) -> dict:
     """All test rows in dataset order, as evaluate.py collects them (before the split by rank)."""
-    test = os.path.join(dataset_dir, "test")
-    load = lambda field: np.load(os.path.join(test, f"all__{field}.npy"))
-    inputs, labels = load("inputs"), load("labels")
-    identifiers, puzzles, groups = load("puzzle_identifiers"), load("puzzle_indices"), load("group_indices")
+    inputs, labels = load_field(dataset_dir, "test", "inputs"), load_field(dataset_dir, "test", "labels")
+    puzzles, groups = load_field(dataset_dir, "test", "puzzle_indices"), load_field(dataset_dir, "test", "group_indices")
+    identifiers = load_field(dataset_dir, "test", "puzzle_identifiers")
     with open(os.path.join(dataset_dir, "identifiers.json")) as f:
         names = json.load(f)
 

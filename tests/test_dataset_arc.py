@@ -9,6 +9,7 @@ import pytest
 
 from dataset.build_arc_dataset import ArcBuildConfig, build_arc_dataset
 from dataset.common import DatasetError, inverse_dihedral_transform
+from tests.dataset_helpers import load_field
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARC_AGI = os.path.join(REPO_ROOT, "dataset", "raw-data", "ARC-AGI", "data")
@@ -23,10 +24,6 @@ def write_task(path, train, test, **extra):
 def build(dataset_dirs, output, **flags):
     build_arc_dataset(ArcBuildConfig(dataset_dirs=[str(folder) for folder in dataset_dirs], output_dir=str(output), **flags))
     return str(output)
-
-
-def load(folder, split, field):
-    return np.load(os.path.join(folder, split, f"all__{field}.npy"))
 
 
 def expected_canvas(grid, top=0, left=0):
@@ -68,13 +65,13 @@ def test_exact_arrays_identifiers_and_metadata(tmp_path):
     with open(os.path.join(out, "identifiers.json")) as identifiers_file:
         assert json.load(identifiers_file) == ["<blank>", "t1", "t2"]
     # Test split: t1's test pair, never translated.
-    np.testing.assert_array_equal(load(out, "test", "inputs"), [expected_canvas(GRID_1X2)])
-    np.testing.assert_array_equal(load(out, "test", "labels"), [expected_canvas(GRID_2X3)])
-    np.testing.assert_array_equal(load(out, "test", "puzzle_identifiers"), [1])
-    np.testing.assert_array_equal(load(out, "test", "puzzle_indices"), [0, 1])
-    np.testing.assert_array_equal(load(out, "test", "group_indices"), [0, 1])
+    np.testing.assert_array_equal(load_field(out, "test", "inputs"), [expected_canvas(GRID_1X2)])
+    np.testing.assert_array_equal(load_field(out, "test", "labels"), [expected_canvas(GRID_2X3)])
+    np.testing.assert_array_equal(load_field(out, "test", "puzzle_identifiers"), [1])
+    np.testing.assert_array_equal(load_field(out, "test", "puzzle_indices"), [0, 1])
+    np.testing.assert_array_equal(load_field(out, "test", "group_indices"), [0, 1])
     # Train split: t1's train pair (alone in its puzzle, so at the origin); t2's two pairs, the 30x30 one cannot move.
-    inputs, labels = load(out, "train", "inputs"), load(out, "train", "labels")
+    inputs, labels = load_field(out, "train", "inputs"), load_field(out, "train", "labels")
     assert inputs.dtype == labels.dtype == np.uint8 and inputs.shape == (3, 900)
     np.testing.assert_array_equal(inputs[0], expected_canvas(GRID_2X3))
     np.testing.assert_array_equal(labels[0], expected_canvas(GRID_1X2))
@@ -83,7 +80,7 @@ def test_exact_arrays_identifiers_and_metadata(tmp_path):
     np.testing.assert_array_equal(inputs[2], expected_canvas([[9] * 30] * 30))
     np.testing.assert_array_equal(labels[2], expected_canvas([[0] * 30] * 30))
     for field, expected in (("puzzle_identifiers", [1, 2]), ("puzzle_indices", [0, 1, 3]), ("group_indices", [0, 1, 2])):
-        array = load(out, "train", field)
+        array = load_field(out, "train", field)
         assert array.dtype == np.int32
         np.testing.assert_array_equal(array, expected)
     with open(os.path.join(out, "train", "dataset.json")) as metadata_file:
@@ -119,9 +116,9 @@ def test_augmented_puzzles_invert_back_to_the_raw_task(tmp_path):
         "test": {"00576224": ("evaluation", ["test"])},
     }
     for split, tasks in destinations.items():
-        inputs, labels = load(out, split, "inputs"), load(out, split, "labels")
-        puzzle_indices = load(out, split, "puzzle_indices")
-        puzzle_identifiers = load(out, split, "puzzle_identifiers")
+        inputs, labels = load_field(out, split, "inputs"), load_field(out, split, "labels")
+        puzzle_indices = load_field(out, split, "puzzle_indices")
+        puzzle_identifiers = load_field(out, split, "puzzle_identifiers")
         assert len(puzzle_identifiers) == 7 * len(tasks)
         seen_transforms = set()
         for puzzle, identifier in enumerate(puzzle_identifiers):
@@ -156,9 +153,9 @@ def test_duplicate_augmentations_are_rejected(tmp_path):
     # One colour on 1x1 grids: an augmentation is determined by where colour 1 goes (9 choices).
     write_task(source / "a" / "single.json", train=[([[1]], [[1]])], test=[([[0]], [[1]])])
     out = build([source], tmp_path / "out", num_aug=20)
-    np.testing.assert_array_equal(load(out, "train", "group_indices"), [0, 1, 10])
+    np.testing.assert_array_equal(load_field(out, "train", "group_indices"), [0, 1, 10])
     # Rows 2, 4, ..., 18 hold the [[1]] input of each "single" puzzle: colour 1 went somewhere else each time.
-    inputs = load(out, "train", "inputs")
+    inputs = load_field(out, "train", "inputs")
     assert sorted(int(crop(inputs[row])[0][0, 0]) for row in range(2, 20, 2)) == list(range(1, 10))
 
 
@@ -172,16 +169,16 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     for relative in ["identifiers.json"] + [os.path.join(split, name) for split in ("train", "test") for name in sorted(os.listdir(os.path.join(first, split)))]:
         with open(os.path.join(first, relative), "rb") as a, open(os.path.join(second, relative), "rb") as b:
             assert a.read() == b.read(), relative
-    assert not np.array_equal(load(first, "train", "inputs"), load(other, "train", "inputs"))
+    assert not np.array_equal(load_field(first, "train", "inputs"), load_field(other, "train", "inputs"))
 
 
 def test_empty_test_split_without_evaluation_folder(tmp_path):
     source = tmp_path / "arc"
     write_task(source / "concepts" / "c.json", train=[(GRID_1X2, GRID_1X2)], test=[(GRID_2X3, GRID_2X3)])
     out = build([source], tmp_path / "out", num_aug=0)
-    assert load(out, "train", "inputs").shape == (2, 900)
-    assert load(out, "test", "inputs").shape == (0, 900)
-    np.testing.assert_array_equal(load(out, "test", "puzzle_indices"), [0])
+    assert load_field(out, "train", "inputs").shape == (2, 900)
+    assert load_field(out, "test", "inputs").shape == (0, 900)
+    np.testing.assert_array_equal(load_field(out, "test", "puzzle_indices"), [0])
 
 
 @pytest.mark.parametrize(

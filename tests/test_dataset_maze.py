@@ -8,23 +8,15 @@ import pytest
 
 from dataset.build_maze_dataset import MazeBuildConfig, build_maze_dataset
 from dataset.common import DatasetError
+from tests.dataset_helpers import load_field, write_source
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(REPO_ROOT, "dataset", "samples", "maze-30x30-hard")
-HEADER = "source,question,answer,rating\n"
 TOKEN = {"#": 1, " ": 2, "S": 3, "G": 4, "o": 5}
 
 # 3x3 mazes, row by row: an asymmetric one (its 8 images all differ) and a second one.
 MAZE_A, PATH_A = "S #" + "  #" + "#G#", "So#" + "oo#" + "#G#"
 MAZE_B, PATH_B = "#S#" + "# #" + "#G#", "#S#" + "#o#" + "#G#"
-
-
-def write_source(folder, train_rows, test_rows):
-    os.makedirs(folder, exist_ok=True)
-    for name, rows in (("train", train_rows), ("test", test_rows)):
-        with open(os.path.join(folder, f"{name}.csv"), "w") as csv_file:
-            csv_file.write(HEADER + "".join(f"{row}\n" for row in rows))
-    return str(folder)
 
 
 def tiny_source(tmp_path):
@@ -35,10 +27,6 @@ def tokens(grid: str) -> list:
     return [TOKEN[char] for char in grid]
 
 
-def load(folder, split, field):
-    return np.load(os.path.join(folder, split, f"all__{field}.npy"))
-
-
 def build(source, output, **flags):
     build_maze_dataset(MazeBuildConfig(source_repo=source, output_dir=str(output), **flags))
     return str(output)
@@ -46,12 +34,12 @@ def build(source, output, **flags):
 
 def test_exact_arrays_and_metadata(tmp_path):
     out = build(tiny_source(tmp_path), tmp_path / "out")
-    np.testing.assert_array_equal(load(out, "train", "inputs"), [tokens(MAZE_A), tokens(MAZE_B)])
-    np.testing.assert_array_equal(load(out, "train", "labels"), [tokens(PATH_A), tokens(PATH_B)])
-    np.testing.assert_array_equal(load(out, "test", "labels"), [tokens(PATH_B)])
-    assert load(out, "train", "inputs").dtype == np.uint8
+    np.testing.assert_array_equal(load_field(out, "train", "inputs"), [tokens(MAZE_A), tokens(MAZE_B)])
+    np.testing.assert_array_equal(load_field(out, "train", "labels"), [tokens(PATH_A), tokens(PATH_B)])
+    np.testing.assert_array_equal(load_field(out, "test", "labels"), [tokens(PATH_B)])
+    assert load_field(out, "train", "inputs").dtype == np.uint8
     for field, expected in (("puzzle_identifiers", [0, 0]), ("puzzle_indices", [0, 1, 2]), ("group_indices", [0, 1, 2])):
-        array = load(out, "train", field)
+        array = load_field(out, "train", field)
         assert array.dtype == np.int32
         np.testing.assert_array_equal(array, expected)
     with open(os.path.join(out, "test", "dataset.json")) as metadata_file:
@@ -65,10 +53,10 @@ def test_exact_arrays_and_metadata(tmp_path):
 
 def test_aug_adds_exactly_the_eight_dihedral_images(tmp_path):
     out = build(tiny_source(tmp_path), tmp_path / "out", aug=True)
-    np.testing.assert_array_equal(load(out, "train", "group_indices"), [0, 8, 16])
-    np.testing.assert_array_equal(load(out, "train", "puzzle_indices"), np.arange(17))
-    inputs = load(out, "train", "inputs").reshape(2, 8, 3, 3)
-    labels = load(out, "train", "labels").reshape(2, 8, 3, 3)
+    np.testing.assert_array_equal(load_field(out, "train", "group_indices"), [0, 8, 16])
+    np.testing.assert_array_equal(load_field(out, "train", "puzzle_indices"), np.arange(17))
+    inputs = load_field(out, "train", "inputs").reshape(2, 8, 3, 3)
+    labels = load_field(out, "train", "labels").reshape(2, 8, 3, 3)
     maze = np.array(tokens(MAZE_A)).reshape(3, 3)
     path = np.array(tokens(PATH_A)).reshape(3, 3)
     # The symmetries of the square, written out independently of dataset.common.
@@ -78,14 +66,14 @@ def test_aug_adds_exactly_the_eight_dihedral_images(tmp_path):
         np.testing.assert_array_equal(inputs[0, index], symmetry(maze))
         np.testing.assert_array_equal(labels[0, index], symmetry(path))
     assert len({image.tobytes() for image in inputs[0]}) == 8
-    assert len(load(out, "test", "inputs")) == 1, "the test split is never augmented"
+    assert len(load_field(out, "test", "inputs")) == 1, "the test split is never augmented"
 
 
 def test_shipped_sample_builds_with_aug(tmp_path):
     out = build(SAMPLES, tmp_path / "out", aug=True)
-    assert load(out, "train", "inputs").shape == (800, 900)
-    assert load(out, "test", "inputs").shape == (100, 900)
-    counts = np.bincount(load(out, "train", "labels").ravel(), minlength=6)
+    assert load_field(out, "train", "inputs").shape == (800, 900)
+    assert load_field(out, "test", "inputs").shape == (100, 900)
+    counts = np.bincount(load_field(out, "train", "labels").ravel(), minlength=6)
     assert counts[0] == 0 and (counts[1:] > 0).all(), "every cell is a charset token; all five occur"
 
 
@@ -96,7 +84,7 @@ def test_subsample_is_seeded(tmp_path):
     for name in sorted(os.listdir(os.path.join(first, "train"))):
         with open(os.path.join(first, "train", name), "rb") as a, open(os.path.join(second, "train", name), "rb") as b:
             assert a.read() == b.read()
-    assert not np.array_equal(load(first, "train", "inputs"), load(other, "train", "inputs"))
+    assert not np.array_equal(load_field(first, "train", "inputs"), load_field(other, "train", "inputs"))
 
 
 @pytest.mark.parametrize(

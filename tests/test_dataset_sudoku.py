@@ -10,10 +10,10 @@ import pytest
 
 from dataset.build_sudoku_dataset import SudokuBuildConfig, build_sudoku_dataset
 from dataset.common import DatasetError
+from tests.dataset_helpers import load_field, write_source
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(REPO_ROOT, "dataset", "samples", "sudoku-extreme")
-HEADER = "source,question,answer,rating\n"
 
 # Two real Sudoku-Extreme puzzles (first rows of the shipped sample) and their solutions.
 PUZZLE_A = "...7.2..5....95.8.19..8..67..4...6....79...2.26...1......5......39.....8....784.."
@@ -22,24 +22,12 @@ PUZZLE_B = "......2....42...79....9..54..7.4.9.....6...1713.......7..3....8.6...
 SOLUTION_B = "978435261354261879621897354587142936249683517136579482795314628463728195812956743"
 
 
-def write_source(folder, train_rows, test_rows):
-    os.makedirs(folder, exist_ok=True)
-    for name, rows in (("train", train_rows), ("test", test_rows)):
-        with open(os.path.join(folder, f"{name}.csv"), "w") as csv_file:
-            csv_file.write(HEADER + "".join(f"{row}\n" for row in rows))
-    return str(folder)
-
-
 def tiny_source(tmp_path):
     return write_source(tmp_path / "src", [f"s,{PUZZLE_A},{SOLUTION_A},5", f"s,{PUZZLE_B},{SOLUTION_B},12"], [f"s,{PUZZLE_B},{SOLUTION_B},12"])
 
 
 def tokens(grid: str) -> list:
     return [0 + 1 if char == "." else int(char) + 1 for char in grid]
-
-
-def load(folder, split, field):
-    return np.load(os.path.join(folder, split, f"all__{field}.npy"))
 
 
 def build(source, output, **flags):
@@ -56,16 +44,16 @@ def is_valid_solution(grids: np.ndarray) -> np.ndarray:
 
 def test_exact_arrays_and_metadata_without_augmentation(tmp_path):
     out = build(tiny_source(tmp_path), tmp_path / "out")
-    np.testing.assert_array_equal(load(out, "train", "inputs"), [tokens(PUZZLE_A), tokens(PUZZLE_B)])
-    np.testing.assert_array_equal(load(out, "train", "labels"), [tokens(SOLUTION_A), tokens(SOLUTION_B)])
-    np.testing.assert_array_equal(load(out, "test", "inputs"), [tokens(PUZZLE_B)])
+    np.testing.assert_array_equal(load_field(out, "train", "inputs"), [tokens(PUZZLE_A), tokens(PUZZLE_B)])
+    np.testing.assert_array_equal(load_field(out, "train", "labels"), [tokens(SOLUTION_A), tokens(SOLUTION_B)])
+    np.testing.assert_array_equal(load_field(out, "test", "inputs"), [tokens(PUZZLE_B)])
     expected_dtypes = {"inputs": np.uint8, "labels": np.uint8, "puzzle_identifiers": np.int32, "puzzle_indices": np.int32, "group_indices": np.int32}
     for field, dtype in expected_dtypes.items():
-        assert load(out, "train", field).dtype == dtype, field
-    np.testing.assert_array_equal(load(out, "train", "puzzle_identifiers"), [0, 0])
-    np.testing.assert_array_equal(load(out, "train", "puzzle_indices"), [0, 1, 2])
-    np.testing.assert_array_equal(load(out, "train", "group_indices"), [0, 1, 2])
-    np.testing.assert_array_equal(load(out, "test", "group_indices"), [0, 1])
+        assert load_field(out, "train", field).dtype == dtype, field
+    np.testing.assert_array_equal(load_field(out, "train", "puzzle_identifiers"), [0, 0])
+    np.testing.assert_array_equal(load_field(out, "train", "puzzle_indices"), [0, 1, 2])
+    np.testing.assert_array_equal(load_field(out, "train", "group_indices"), [0, 1, 2])
+    np.testing.assert_array_equal(load_field(out, "test", "group_indices"), [0, 1])
     with open(os.path.join(out, "train", "dataset.json")) as metadata_file:
         assert json.load(metadata_file) == {
             "pad_id": 0, "ignore_label_id": 0, "blank_identifier_id": 0, "vocab_size": 11, "seq_len": 81,
@@ -80,8 +68,8 @@ def test_exact_arrays_and_metadata_without_augmentation(tmp_path):
 def test_augmented_copies_are_valid_puzzles_consistent_with_their_givens(tmp_path):
     num_aug = 30
     out = build(SAMPLES, tmp_path / "out", subsample_size=40, num_aug=num_aug)
-    inputs, labels = load(out, "train", "inputs").astype(int) - 1, load(out, "train", "labels").astype(int) - 1
-    np.testing.assert_array_equal(load(out, "train", "group_indices"), np.arange(0, 40 * (num_aug + 1) + 1, num_aug + 1))
+    inputs, labels = load_field(out, "train", "inputs").astype(int) - 1, load_field(out, "train", "labels").astype(int) - 1
+    np.testing.assert_array_equal(load_field(out, "train", "group_indices"), np.arange(0, 40 * (num_aug + 1) + 1, num_aug + 1))
     assert inputs.shape == (40 * (num_aug + 1), 81)
     assert is_valid_solution(labels).all()
     assert np.all((inputs == 0) | (inputs == labels)), "a given contradicts its solution"
@@ -91,7 +79,7 @@ def test_augmented_copies_are_valid_puzzles_consistent_with_their_givens(tmp_pat
     assert np.all(blanks == blanks[:, :1]), "augmentation must keep the number of blanks"
     assert not np.any(np.all(groups_labels[:, 1:] == groups_labels[:, :1], axis=2)), "a copy equals its original"
     # The test split is never augmented.
-    assert len(load(out, "test", "inputs")) == 2000
+    assert len(load_field(out, "test", "inputs")) == 2000
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
@@ -103,8 +91,8 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
         for name in sorted(os.listdir(os.path.join(first, split))):
             with open(os.path.join(first, split, name), "rb") as a, open(os.path.join(second, split, name), "rb") as b:
                 assert a.read() == b.read(), f"{split}/{name} differs for the same seed"
-    assert not np.array_equal(load(first, "train", "inputs"), load(other, "train", "inputs"))
-    assert not np.array_equal(load(first, "test", "inputs"), load(other, "test", "inputs"))
+    assert not np.array_equal(load_field(first, "train", "inputs"), load_field(other, "train", "inputs"))
+    assert not np.array_equal(load_field(first, "test", "inputs"), load_field(other, "test", "inputs"))
 
 
 def test_quick_start_command_caps_blanks(tmp_path):
@@ -113,7 +101,7 @@ def test_quick_start_command_caps_blanks(tmp_path):
                "--output-dir", str(out), "--subsample-size", "1000", "--num-aug", "0", "--max-blanks", "6"]
     subprocess.run(command, cwd=REPO_ROOT, check=True, capture_output=True)
     for split, count in (("train", 1000), ("test", 2000)):
-        inputs, labels = load(out, split, "inputs"), load(out, split, "labels")
+        inputs, labels = load_field(out, split, "inputs"), load_field(out, split, "labels")
         assert inputs.shape == (count, 81)
         blanks = (inputs == 1).sum(axis=1)
         assert blanks.max() <= 6 and blanks.min() == 6, "real puzzles have more than 6 blanks: exactly 6 remain"
@@ -122,16 +110,16 @@ def test_quick_start_command_caps_blanks(tmp_path):
     with open(os.path.join(SAMPLES, "train.csv")) as csv_file:
         first_question = csv_file.read().splitlines()[1].split(",")[1]
     givens = np.array(tokens(first_question)) != 1
-    np.testing.assert_array_equal(load(out, "train", "inputs")[0][givens], np.array(tokens(first_question))[givens])
+    np.testing.assert_array_equal(load_field(out, "train", "inputs")[0][givens], np.array(tokens(first_question))[givens])
 
 
 def test_min_difficulty_and_subsample(tmp_path):
     source = tiny_source(tmp_path)
     out = build(source, tmp_path / "hard", min_difficulty=10)
-    np.testing.assert_array_equal(load(out, "train", "inputs"), [tokens(PUZZLE_B)])
-    assert len(load(out, "test", "inputs")) == 1
+    np.testing.assert_array_equal(load_field(out, "train", "inputs"), [tokens(PUZZLE_B)])
+    assert len(load_field(out, "test", "inputs")) == 1
     out = build(source, tmp_path / "one", subsample_size=1, seed=3)
-    assert load(out, "train", "inputs").tolist()[0] in (tokens(PUZZLE_A), tokens(PUZZLE_B))
+    assert load_field(out, "train", "inputs").tolist()[0] in (tokens(PUZZLE_A), tokens(PUZZLE_B))
     with pytest.raises(DatasetError, match="no puzzle has rating >= 100; lower --min-difficulty"):
         build(source, tmp_path / "none", min_difficulty=100)
 

@@ -1,0 +1,21 @@
+"""Shared by the dataset-builder tests: writing a CSV source folder, reading a built array."""
+
+import os
+
+import numpy as np
+
+CSV_HEADER = "source,question,answer,rating\n"
+
+
+def write_source(folder, train_rows, test_rows) -> str:
+    """A source folder with train.csv and test.csv holding the given data rows under the header."""
+    os.makedirs(folder, exist_ok=True)
+    for name, rows in (("train", train_rows), ("test", test_rows)):
+        with open(os.path.join(folder, f"{name}.csv"), "w") as csv_file:
+            csv_file.write(CSV_HEADER + "".join(f"{row}\n" for row in rows))
+    return str(folder)
+
+
+def load_field(folder, split, field) -> np.ndarray:
+    """One array of a built dataset: <folder>/<split>/all__<field>.npy."""
+    return np.load(os.path.join(folder, split, f"all__{field}.npy"))

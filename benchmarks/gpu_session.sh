@@ -4,9 +4,13 @@
 #   kernels  the kernel microbenchmark (benchmarks/kernels.py)
 #   sudoku   the train-step benchmark and a 3-step profile, plain PyTorch path against the fused kernel
 #   maze     the same for the maze shape
-# Usage: benchmarks/gpu_session.sh OUTPUT_DIR [STAGE ...]   (default: all four, in that order)
+#   autotune the Sudoku step compiled with mode max-autotune-no-cudagraphs (Triton matmul templates)
+#   curve    the 200-step loss-curve check of the fused kernel against the plain path (Sudoku-1k recipe)
+#   maze-run the Maze-30x30-Hard-1k recipe (scripts/reproduce_maze_1k.sh, evaluating every 100 epochs)
+#            until the machine goes away; MAZE_SOURCE names a local folder of the maze CSVs (no network)
+# Usage: benchmarks/gpu_session.sh OUTPUT_DIR [STAGE ...]   (default: tests kernels sudoku maze)
 set -uo pipefail
-OUT_DIR=${1:?usage: benchmarks/gpu_session.sh OUTPUT_DIR [tests] [kernels] [sudoku] [maze]}
+OUT_DIR=${1:?usage: benchmarks/gpu_session.sh OUTPUT_DIR [STAGE ...]}
 shift
 STAGES=${*:-tests kernels sudoku maze}
 mkdir -p "$OUT_DIR"
@@ -30,6 +34,21 @@ for stage in $STAGES; do
       for variant in unfused fused; do
         cp "/tmp/profile_$stage/$variant/top_kernels.txt" "$OUT_DIR/top_kernels_${stage}_$variant.txt" 2>/dev/null
       done ;;
+    autotune)
+      timeout 420 python3 benchmarks/train_step.py --shape sudoku --warmup 10 --steps 50 \
+        --compare compile-max-autotune-no-cudagraphs --output "$OUT_DIR/train_step.jsonl" >> "$LOG" 2>&1 ;;
+    curve)
+      for path in plain fused; do
+        flag=$([ $path = fused ] && echo true || echo false)
+        timeout 300 bash benchmarks/curve_check.sh "checkpoints/curve-check/$path" wandb.mode=disabled \
+          arch.fused_kernels=$flag >> "$LOG" 2>&1
+        cp "checkpoints/curve-check/$path/metrics.jsonl" "$OUT_DIR/curve_$path.jsonl"
+      done
+      python3 benchmarks/compare_curves.py "$OUT_DIR/curve_plain.jsonl" "$OUT_DIR/curve_fused.jsonl" --steps 200 \
+        > "$OUT_DIR/curve_comparison.json" 2>> "$LOG" ;;
+    maze-run)
+      PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True SOURCE=${MAZE_SOURCE:-sapientinc/maze-30x30-hard-1k} \
+        bash scripts/reproduce_maze_1k.sh wandb.mode=disabled eval_interval=100 >> "$OUT_DIR/maze_run.log" 2>&1 ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
 done

@@ -1,0 +1,25 @@
+#!/bin/bash
+# The loss-curve check of a speed lever (docs/performance.md): the first STEPS steps of the Sudoku-1k
+# recipe (scripts/reproduce_sudoku_1k.sh) with the given overrides. Two such runs use the same seed, data
+# order and schedule, so their curves differ only by what the lever changes:
+#
+#   bash benchmarks/curve_check.sh checkpoints/curve-check/plain arch.fused_kernels=false
+#   bash benchmarks/curve_check.sh checkpoints/curve-check/fused arch.fused_kernels=true
+#   python benchmarks/compare_curves.py checkpoints/curve-check/{plain,fused}/metrics.jsonl --steps 200 --plot curves.png
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN=${1:?usage: benchmarks/curve_check.sh RUN_FOLDER [key=value ...]}
+STEPS=${STEPS:-200}
+
+rm -rf "$RUN"
+# Its own process group, so that stopping it stops pretrain.py too.
+RUN="$RUN" setsid bash scripts/reproduce_sudoku_1k.sh "${@:2}" &
+TRAINING=$!
+# The metrics file gains one line per step; stop the run once it holds STEPS of them.
+until [ -f "$RUN/metrics.jsonl" ] && [ "$(grep -c train/lm_loss "$RUN/metrics.jsonl")" -ge "$STEPS" ]; do
+  kill -0 $TRAINING 2>/dev/null || { echo "the run in $RUN stopped before step $STEPS" >&2; exit 1; }
+  sleep 2
+done
+kill -- -$TRAINING 2>/dev/null || true  # it may have finished on its own
+wait $TRAINING 2>/dev/null || true
+echo "$RUN: $STEPS steps in $RUN/metrics.jsonl"

@@ -35,7 +35,7 @@ for stage in $STAGES; do
         cp "/tmp/profile_$stage/$variant/top_kernels.txt" "$OUT_DIR/top_kernels_${stage}_$variant.txt" 2>/dev/null
       done ;;
     autotune)
-      timeout 420 python3 benchmarks/train_step.py --shape sudoku --warmup 10 --steps 50 \
+      timeout 300 python3 benchmarks/train_step.py --shape sudoku --warmup 10 --steps 50 \
         --compare compile-max-autotune-no-cudagraphs --output "$OUT_DIR/train_step.jsonl" >> "$LOG" 2>&1 ;;
     curve)
       for path in plain fused; do

@@ -3,12 +3,13 @@ fused-kernel path against the plain PyTorch path (arch.fused_kernels=false).
 
     python benchmarks/compare_curves.py PLAIN/metrics.jsonl FUSED/metrics.jsonl --steps 200 [--plot curves.png]
 
-Prints one JSON line: per metric, the mean and largest absolute difference per step, and the means of
+Reads metrics.jsonl or its gzip (.gz). Prints one JSON line: per metric, the mean and largest absolute difference per step, and the means of
 both curves over the last 50 steps. bfloat16 runs whose kernels round differently drift apart step by
 step, so the test is whether the curves track each other (the same trend and level), not bit equality.
 """
 
 import argparse
+import gzip
 import json
 from typing import Dict, List
 
@@ -17,7 +18,7 @@ METRICS = ("train/lm_loss", "train/q_halt_loss", "train/q_continue_loss", "train
 
 def read_train_metrics(path: str, steps: int) -> Dict[int, dict]:
     records = {}
-    with open(path) as file:
+    with (gzip.open(path, "rt") if path.endswith(".gz") else open(path)) as file:
         for line in file:
             record = json.loads(line)
             if "train/lm_loss" in record and record["step"] <= steps:

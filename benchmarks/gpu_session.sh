@@ -24,7 +24,7 @@ for stage in $STAGES; do
   echo "== $stage $(date +%T)" >> "$LOG"
   case $stage in
     tests)
-      timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_swiglu.py tests/test_kernels_model.py \
+      timeout 600 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_swiglu.py tests/test_kernels_model.py \
         tests/test_model_gpu.py >> "$LOG" 2>&1 ;;
     kernels)
       timeout 180 python3 benchmarks/kernels.py --output "$OUT_DIR/kernels.jsonl" >> "$LOG" 2>&1 ;;

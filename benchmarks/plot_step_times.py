@@ -1,5 +1,5 @@
 """Bar chart of median train-step times from benchmarks/train_step.py JSON lines, beside the
-original implementation's published figures.
+original implementation's published figures. Bars are coloured by the GPU that measured them.
 
     python benchmarks/plot_step_times.py benchmarks/results/*.jsonl --output docs/images/step_times.png \
         [--label FILE_STEM:VARIANT=TEXT ...]
@@ -16,9 +16,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib.patches import Patch  # noqa: E402
 
 # The original's median step times on one H100 80GB (PyTorch 2.11, compiled, SDPA, fused Adam-atan2).
 ORIGINAL_MS = {"sudoku": 85.7, "maze": 139.9}
+ORIGINAL_COLOUR = "#999999"
+DEVICE_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
 
 
 def main() -> None:
@@ -36,10 +39,11 @@ def main() -> None:
         bar_labels[tuple(key.split(":", 1))] = text
 
     labels, times, colours = [], [], []
+    device_colours = {"original (H100 80GB)": ORIGINAL_COLOUR}
     for shape, milliseconds in ORIGINAL_MS.items():
         labels.append(f"{shape}\noriginal")
         times.append(milliseconds)
-        colours.append("#999999")
+        colours.append(ORIGINAL_COLOUR)
     for path in args.results:
         stem = os.path.basename(path).removesuffix(".jsonl")
         with open(path) as file:
@@ -49,7 +53,10 @@ def main() -> None:
                     continue
                 labels.append(f"{record['shape']}\n{bar_labels.get((stem, record['variant']), record['variant'])}")
                 times.append(record["step_ms_median"])
-                colours.append("#1f77b4")
+                device = record["device"]
+                if device not in device_colours:
+                    device_colours[device] = DEVICE_COLOURS[(len(device_colours) - 1) % len(DEVICE_COLOURS)]
+                colours.append(device_colours[device])
 
     figure, axes = plt.subplots(figsize=(1.2 * len(labels) + 2, 3.5))
     bars = axes.bar(range(len(labels)), times, color=colours)
@@ -57,7 +64,8 @@ def main() -> None:
     axes.set_xticks(range(len(labels)), labels, fontsize=8)
     axes.set_ylim(0, 1.15 * max(times))
     axes.set_ylabel("median step time (ms)")
-    axes.set_title("HRM training step, one H100 80GB, default architecture")
+    axes.set_title("HRM training step, one GPU, default architecture")
+    axes.legend(handles=[Patch(color=colour, label=device) for device, colour in device_colours.items()], fontsize=8)
     figure.tight_layout()
     figure.savefig(args.output, dpi=100)
 

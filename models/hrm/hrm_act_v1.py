@@ -47,7 +47,7 @@ class HierarchicalReasoningModel_ACTV1Config(BaseModel):
 
     forward_dtype: str = "bfloat16"
     # The fused SwiGLU Triton kernel in the gradient-free passes on GPUs (models/kernels); same values.
-    fused_kernels: bool = True
+    fused_kernels: bool = False
 
     @field_validator("batch_size", "seq_len", "num_puzzle_identifiers", "vocab_size", "H_cycles", "L_cycles",
                      "H_layers", "L_layers", "hidden_size", "num_heads", "halt_max_steps")

@@ -3,9 +3,10 @@ fused-kernel path against the plain PyTorch path (arch.fused_kernels=false).
 
     python benchmarks/compare_curves.py PLAIN/metrics.jsonl FUSED/metrics.jsonl --steps 200 [--plot curves.png]
 
-Reads metrics.jsonl or its gzip (.gz). Prints one JSON line: per metric, the mean and largest absolute difference per step, and the means of
-both curves over the last 50 steps. bfloat16 runs whose kernels round differently drift apart step by
-step, so the test is whether the curves track each other (the same trend and level), not bit equality.
+Reads metrics.jsonl files or their gzip (.gz). Prints one JSON line: per metric, the mean and largest
+absolute difference per step, and the means of both curves over the last 50 steps. bfloat16 runs whose
+kernels round differently drift apart step by step, so the test is whether the curves track each other
+(the same trend and level), not bit equality.
 """
 
 import argparse

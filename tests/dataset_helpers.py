@@ -1,5 +1,6 @@
-"""Shared by the dataset-builder tests: writing a CSV source folder, reading a built array."""
+"""Shared by the dataset-builder tests: writing a CSV source folder, reading what a build wrote."""
 
+import json
 import os
 
 import numpy as np
@@ -19,3 +20,17 @@ def write_source(folder, train_rows, test_rows) -> str:
 def load_field(folder, split, field) -> np.ndarray:
     """One array of a built dataset: <folder>/<split>/all__<field>.npy."""
     return np.load(os.path.join(folder, split, f"all__{field}.npy"))
+
+
+def load_json(folder, *path) -> object:
+    """A JSON file of a built dataset, e.g. load_json(out, "train", "dataset.json")."""
+    with open(os.path.join(folder, *path)) as json_file:
+        return json.load(json_file)
+
+
+def assert_int32_fields(folder, split, expected_fields) -> None:
+    """The index arrays of a split: int32, with the given contents ({field: values})."""
+    for field, expected in expected_fields.items():
+        array = load_field(folder, split, field)
+        assert array.dtype == np.int32, f"{split}/all__{field}.npy is {array.dtype}, not int32"
+        np.testing.assert_array_equal(array, expected)

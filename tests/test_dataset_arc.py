@@ -9,7 +9,7 @@ import pytest
 
 from dataset.build_arc_dataset import ArcBuildConfig, build_arc_dataset
 from dataset.common import DatasetError, inverse_dihedral_transform
-from tests.dataset_helpers import load_field
+from tests.dataset_helpers import assert_int32_fields, load_field, load_json
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARC_AGI = os.path.join(REPO_ROOT, "dataset", "raw-data", "ARC-AGI", "data")
@@ -62,8 +62,7 @@ def test_exact_arrays_identifiers_and_metadata(tmp_path):
     write_task(source / "training" / "t2.json", train=[(GRID_1X2, GRID_1X2)], test=[([[9] * 30] * 30, [[0] * 30] * 30)])
     out = build([source], tmp_path / "out", num_aug=0)
 
-    with open(os.path.join(out, "identifiers.json")) as identifiers_file:
-        assert json.load(identifiers_file) == ["<blank>", "t1", "t2"]
+    assert load_json(out, "identifiers.json") == ["<blank>", "t1", "t2"]
     # Test split: t1's test pair, never translated.
     np.testing.assert_array_equal(load_field(out, "test", "inputs"), [expected_canvas(GRID_1X2)])
     np.testing.assert_array_equal(load_field(out, "test", "labels"), [expected_canvas(GRID_2X3)])
@@ -79,15 +78,11 @@ def test_exact_arrays_identifiers_and_metadata(tmp_path):
     assert grid.tolist() == GRID_1X2 and crop(labels[1])[1:] == (top, left), "input and output share the translation"
     np.testing.assert_array_equal(inputs[2], expected_canvas([[9] * 30] * 30))
     np.testing.assert_array_equal(labels[2], expected_canvas([[0] * 30] * 30))
-    for field, expected in (("puzzle_identifiers", [1, 2]), ("puzzle_indices", [0, 1, 3]), ("group_indices", [0, 1, 2])):
-        array = load_field(out, "train", field)
-        assert array.dtype == np.int32
-        np.testing.assert_array_equal(array, expected)
-    with open(os.path.join(out, "train", "dataset.json")) as metadata_file:
-        assert json.load(metadata_file) == {
-            "pad_id": 0, "ignore_label_id": 0, "blank_identifier_id": 0, "vocab_size": 12, "seq_len": 900,
-            "num_puzzle_identifiers": 3, "total_groups": 2, "mean_puzzle_examples": 1.5, "sets": ["all"],
-        }
+    assert_int32_fields(out, "train", {"puzzle_identifiers": [1, 2], "puzzle_indices": [0, 1, 3], "group_indices": [0, 1, 2]})
+    assert load_json(out, "train", "dataset.json") == {
+        "pad_id": 0, "ignore_label_id": 0, "blank_identifier_id": 0, "vocab_size": 12, "seq_len": 900,
+        "num_puzzle_identifiers": 3, "total_groups": 2, "mean_puzzle_examples": 1.5, "sets": ["all"],
+    }
 
 
 def copy_real_tasks(destination, folder, names):
@@ -107,8 +102,7 @@ def test_augmented_puzzles_invert_back_to_the_raw_task(tmp_path):
     copy_real_tasks(source, "training", ["007bbfb7", "00d62c1b"])
     copy_real_tasks(source, "evaluation", ["00576224"])
     out = build([source], tmp_path / "out", num_aug=6)
-    with open(os.path.join(out, "identifiers.json")) as identifiers_file:
-        identifiers = json.load(identifiers_file)
+    identifiers = load_json(out, "identifiers.json")
     assert len(identifiers) == 1 + 3 * 7 and len(set(identifiers)) == len(identifiers)
 
     destinations = {

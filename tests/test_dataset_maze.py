@@ -1,6 +1,5 @@
 """Maze builder: exact arrays, the 8 dihedral images, seeding, input errors."""
 
-import json
 import os
 
 import numpy as np
@@ -8,7 +7,7 @@ import pytest
 
 from dataset.build_maze_dataset import MazeBuildConfig, build_maze_dataset
 from dataset.common import DatasetError
-from tests.dataset_helpers import load_field, write_source
+from tests.dataset_helpers import assert_int32_fields, load_field, load_json, write_source
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(REPO_ROOT, "dataset", "samples", "maze-30x30-hard")
@@ -38,17 +37,12 @@ def test_exact_arrays_and_metadata(tmp_path):
     np.testing.assert_array_equal(load_field(out, "train", "labels"), [tokens(PATH_A), tokens(PATH_B)])
     np.testing.assert_array_equal(load_field(out, "test", "labels"), [tokens(PATH_B)])
     assert load_field(out, "train", "inputs").dtype == np.uint8
-    for field, expected in (("puzzle_identifiers", [0, 0]), ("puzzle_indices", [0, 1, 2]), ("group_indices", [0, 1, 2])):
-        array = load_field(out, "train", field)
-        assert array.dtype == np.int32
-        np.testing.assert_array_equal(array, expected)
-    with open(os.path.join(out, "test", "dataset.json")) as metadata_file:
-        assert json.load(metadata_file) == {
-            "pad_id": 0, "ignore_label_id": 0, "blank_identifier_id": 0, "vocab_size": 6, "seq_len": 9,
-            "num_puzzle_identifiers": 1, "total_groups": 1, "mean_puzzle_examples": 1.0, "sets": ["all"],
-        }
-    with open(os.path.join(out, "identifiers.json")) as identifiers_file:
-        assert json.load(identifiers_file) == ["<blank>"]
+    assert_int32_fields(out, "train", {"puzzle_identifiers": [0, 0], "puzzle_indices": [0, 1, 2], "group_indices": [0, 1, 2]})
+    assert load_json(out, "test", "dataset.json") == {
+        "pad_id": 0, "ignore_label_id": 0, "blank_identifier_id": 0, "vocab_size": 6, "seq_len": 9,
+        "num_puzzle_identifiers": 1, "total_groups": 1, "mean_puzzle_examples": 1.0, "sets": ["all"],
+    }
+    assert load_json(out, "identifiers.json") == ["<blank>"]
 
 
 def test_aug_adds_exactly_the_eight_dihedral_images(tmp_path):

@@ -1,6 +1,5 @@
 """Sudoku builder: exact arrays, valid augmentations, seeding, --max-blanks, input errors."""
 
-import json
 import os
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import pytest
 
 from dataset.build_sudoku_dataset import SudokuBuildConfig, build_sudoku_dataset
 from dataset.common import DatasetError
-from tests.dataset_helpers import load_field, write_source
+from tests.dataset_helpers import load_field, load_json, write_source
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(REPO_ROOT, "dataset", "samples", "sudoku-extreme")
@@ -54,13 +53,11 @@ def test_exact_arrays_and_metadata_without_augmentation(tmp_path):
     np.testing.assert_array_equal(load_field(out, "train", "puzzle_indices"), [0, 1, 2])
     np.testing.assert_array_equal(load_field(out, "train", "group_indices"), [0, 1, 2])
     np.testing.assert_array_equal(load_field(out, "test", "group_indices"), [0, 1])
-    with open(os.path.join(out, "train", "dataset.json")) as metadata_file:
-        assert json.load(metadata_file) == {
-            "pad_id": 0, "ignore_label_id": 0, "blank_identifier_id": 0, "vocab_size": 11, "seq_len": 81,
-            "num_puzzle_identifiers": 1, "total_groups": 2, "mean_puzzle_examples": 1.0, "sets": ["all"],
-        }
-    with open(os.path.join(out, "identifiers.json")) as identifiers_file:
-        assert json.load(identifiers_file) == ["<blank>"]
+    assert load_json(out, "train", "dataset.json") == {
+        "pad_id": 0, "ignore_label_id": 0, "blank_identifier_id": 0, "vocab_size": 11, "seq_len": 81,
+        "num_puzzle_identifiers": 1, "total_groups": 2, "mean_puzzle_examples": 1.0, "sets": ["all"],
+    }
+    assert load_json(out, "identifiers.json") == ["<blank>"]
     assert sorted(os.listdir(os.path.join(out, "train"))) == sorted(
         ["dataset.json"] + [f"all__{field}.npy" for field in expected_dtypes])
 

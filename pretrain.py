@@ -333,7 +333,7 @@ def restore_train_state(path: str, config: PretrainConfig, state: TrainState, lo
 
 # Keys (dotted where nested) that may differ between a checkpoint's config and the resuming run's.
 RESUMABLE_CHANGES = {
-    "resume", "wandb", "keep_checkpoints", "checkpoint_every_steps", "checkpoint_every_eval", "compile",
+    "resume", "wandb", "keep_checkpoints", "checkpoint_every_steps", "checkpoint_every_eval", "stop_after_minutes", "compile",
     "eval_save_outputs", "checkpoint_path", "project_name", "run_name", "arch.fused_kernels",
 }
 
@@ -412,12 +412,24 @@ def run_training(overrides: Sequence[str], context: DistributedContext) -> Optio
         logger.close()
 
 
+# With stop_after_minutes, the clock is read every this many steps. Rank 0's clock decides for all
+# ranks, which costs a collective (and a host sync) per check when distributed.
+STOP_CHECK_STEPS = 10
+
+
+def time_is_up(config: PretrainConfig, start_time: float, step: int, context: DistributedContext) -> bool:
+    if config.stop_after_minutes is None or step % STOP_CHECK_STEPS != 0:
+        return False
+    return broadcast_object(time.monotonic() - start_time >= 60 * config.stop_after_minutes, context)
+
+
 def _train_loop(config, state: TrainState, train_loader, eval_loader, logger, context) -> Optional[Dict[str, Dict[str, float]]]:
     # Redirected output (a log file) gets a progress line every 30 s rather than a stream of redraws.
     refresh_seconds = 0.1 if sys.stderr.isatty() else 30
     progress = tqdm(total=state.total_steps, initial=state.step, dynamic_ncols=True, mininterval=refresh_seconds) if context.is_main else None
     start_time = time.monotonic()
     eval_metrics = None
+    stopping = False
 
     def log_train_metrics(pending: DeferredMetrics) -> None:
         metrics = finish_train_metrics(pending, config.global_batch_size)
@@ -444,6 +456,11 @@ def _train_loop(config, state: TrainState, train_loader, eval_loader, logger, co
                     log_train_metrics(pending)
                     pending = None
                     save_train_state(config, state, train_loader, context)
+            if current is not None and time_is_up(config, start_time, state.step, context):
+                # Evaluate and checkpoint here; a resumed run continues this iteration from the
+                # loader's position and still evaluates at its end.
+                stopping = True
+                break
         if pending is not None:
             log_train_metrics(pending)
 
@@ -455,8 +472,13 @@ def _train_loop(config, state: TrainState, train_loader, eval_loader, logger, co
             flat["time/elapsed_seconds"] = time.monotonic() - start_time
             logger.log(flat, step=state.step)
             tqdm.write(f"step {state.step} eval: " + ", ".join(f"{key} {value:.4f}" for key, value in flat.items()))
-        if config.checkpoint_every_eval or save_after_eval or iteration == config.num_evals - 1:
+        if config.checkpoint_every_eval or save_after_eval or stopping or iteration == config.num_evals - 1:
             save_train_state(config, state, train_loader, context)
+        if stopping:
+            if context.is_main:
+                tqdm.write(f"stop_after_minutes={config.stop_after_minutes}: stopped at step {state.step} of {state.total_steps} "
+                           f"(checkpoint in {config.checkpoint_path}); run again with resume=true to continue")
+            break
     if progress is not None:
         progress.close()
     return eval_metrics

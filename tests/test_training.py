@@ -166,18 +166,45 @@ def test_crash_before_an_evaluation_does_not_skip_it_on_resume(dataset, tmp_path
     )
 
 
+def without_eval_at(records, step):
+    return [record for record in records if not (record["step"] == step and "time/eval_seconds" in record)]
+
+
+def test_time_limit_stops_with_an_evaluation_and_a_checkpoint_and_resume_finishes_the_same_run(dataset, tmp_path):
+    # The clock is read every 10 steps, so a limit that is already spent stops the run at step 10,
+    # inside the first iteration (12 steps per evaluation).
+    straight = str(tmp_path / "straight")
+    train_in_process(tiny_overrides(dataset, straight))
+
+    stopped = str(tmp_path / "stopped")
+    eval_metrics = train_in_process(tiny_overrides(dataset, stopped, stop_after_minutes=1e-9))
+    assert [os.path.basename(path) for path in list_checkpoints(stopped)] == ["step_10.pt"]
+    records = read_metrics(os.path.join(stopped, "metrics.jsonl"))
+    assert records[-1]["step"] == 10 and records[-1]["all/lm_loss"] == eval_metrics["all"]["lm_loss"]
+
+    train_in_process(tiny_overrides(dataset, stopped, resume="true"))
+    assert_same_tensors(final_weights(straight)["model"], final_weights(stopped)["model"], exact=True)
+    assert without_timings(without_eval_at(read_metrics(os.path.join(stopped, "metrics.jsonl")), 10)) == without_timings(
+        read_metrics(os.path.join(straight, "metrics.jsonl"))
+    )
+
+
 def test_two_processes_match_one(dataset, tmp_path):
     common = dict(epochs=4, eval_interval=4, **{"arch.halt_exploration_prob": 0.0})
     single = str(tmp_path / "single")
     assert run_script(["pretrain.py", *tiny_overrides(dataset, single, **common)]).returncode == 0
 
+    # The two-process run is stopped by its time limit at step 10 (rank 0's clock decides for both)
+    # and resumed: that must not change its numbers either.
     double = str(tmp_path / "double")
-    result = run_script(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                         "pretrain.py", *tiny_overrides(dataset, double, **common)], timeout=300)
-    assert result.returncode == 0, result.stderr
+    for extra in ({"stop_after_minutes": 1e-9}, {"resume": "true"}):
+        result = run_script(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             "pretrain.py", *tiny_overrides(dataset, double, **common, **extra)], timeout=300)
+        assert result.returncode == 0, result.stderr
+    assert os.path.exists(os.path.join(double, "step_10.pt"))
 
     single_log = read_metrics(os.path.join(single, "metrics.jsonl"))
-    double_log = read_metrics(os.path.join(double, "metrics.jsonl"))
+    double_log = without_eval_at(read_metrics(os.path.join(double, "metrics.jsonl")), 10)
     assert [record["step"] for record in single_log] == [record["step"] for record in double_log]
     for one, two in zip(single_log, double_log):
         for key in one:
@@ -232,6 +259,7 @@ def test_starting_over_an_existing_run_is_refused(dataset, tmp_path):
         ({"arch.hiden_size": 8}, "arch.hiden_size: unknown key. Did you mean 'arch.hidden_size'"),
         ({"epochs": 8, "eval_interval": 3}, "eval_interval=3 must divide epochs=8"),
         ({"global_batch_size": "many"}, "global_batch_size"),
+        ({"stop_after_minutes": 0}, "stop_after_minutes=0.0 must be a positive number of minutes"),
     ],
 )
 def test_bad_config_stops_before_writing_anything(dataset, tmp_path, override, message):

@@ -76,6 +76,7 @@ class PretrainConfig(StrictModel):
     resume: bool = False
     checkpoint_every_steps: Optional[int] = None
     keep_checkpoints: Optional[int] = None
+    stop_after_minutes: Optional[float] = None
     compile: Optional[bool] = None
     wandb: WandbConfig = WandbConfig()
 
@@ -93,6 +94,8 @@ class PretrainConfig(StrictModel):
                 f"eval_interval={self.eval_interval} must divide epochs={self.epochs}: "
                 f"evaluation runs every eval_interval epochs (e.g. set eval_interval to a divisor of {self.epochs})"
             )
+        if self.stop_after_minutes is not None and not self.stop_after_minutes > 0:
+            raise ValueError(f"stop_after_minutes={self.stop_after_minutes} must be a positive number of minutes (or null for no limit)")
         if self.lr_warmup_steps < 0:
             raise ValueError(f"lr_warmup_steps={self.lr_warmup_steps} must be >= 0")
         return self

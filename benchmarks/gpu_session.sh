@@ -2,10 +2,13 @@
 # The speed work's device-machine session (docs/performance.md), in stages:
 #   tests    the GPU tests of the fused kernel and the model
 #   kernels  the kernel microbenchmark (benchmarks/kernels.py)
-#   sudoku   the train-step benchmark and a 3-step profile, plain PyTorch path against the fused kernel
+#   sudoku   the train-step benchmark and a 3-step profile of each variant in VARIANTS (default
+#            unfused,fused: the plain PyTorch path against the fused kernel)
 #   maze     the same for the maze shape
 #   autotune the Sudoku step compiled with mode max-autotune-no-cudagraphs (Triton matmul templates)
 #   curve    the 200-step loss-curve check of the fused kernel against the plain path (Sudoku-1k recipe)
+#   sudoku-run the Sudoku-Extreme-1k recipe (scripts/reproduce_sudoku_1k.sh) until the machine goes
+#            away; SUDOKU_RUN_ARGS holds extra overrides (e.g. arch.fused_kernels=true)
 #   maze-run the Maze-30x30-Hard-1k recipe (scripts/reproduce_maze_1k.sh, evaluating every 100 epochs)
 #            until the machine goes away; MAZE_SOURCE names a local folder of the maze CSVs (no network)
 # Usage: benchmarks/gpu_session.sh OUTPUT_DIR [STAGE ...]   (default: tests kernels sudoku maze)
@@ -29,9 +32,10 @@ for stage in $STAGES; do
     kernels)
       timeout 180 python3 benchmarks/kernels.py --output "$OUT_DIR/kernels.jsonl" >> "$LOG" 2>&1 ;;
     sudoku | maze)
-      timeout 300 python3 benchmarks/train_step.py --shape "$stage" --warmup 10 --steps 50 --compare unfused,fused \
+      variants=${VARIANTS:-unfused,fused}
+      timeout 420 python3 benchmarks/train_step.py --shape "$stage" --warmup 10 --steps 50 --compare "$variants" \
         --profile "/tmp/profile_$stage" --output "$OUT_DIR/train_step.jsonl" >> "$LOG" 2>&1
-      for variant in unfused fused; do
+      for variant in ${variants//,/ }; do
         cp "/tmp/profile_$stage/$variant/top_kernels.txt" "$OUT_DIR/top_kernels_${stage}_$variant.txt" 2>/dev/null
       done ;;
     autotune)
@@ -46,6 +50,8 @@ for stage in $STAGES; do
       done
       python3 benchmarks/compare_curves.py "$OUT_DIR/curve_plain.jsonl" "$OUT_DIR/curve_fused.jsonl" --steps 200 \
         > "$OUT_DIR/curve_comparison.json" 2>> "$LOG" ;;
+    sudoku-run)
+      bash scripts/reproduce_sudoku_1k.sh wandb.mode=disabled ${SUDOKU_RUN_ARGS:-} >> "$OUT_DIR/sudoku_run.log" 2>&1 ;;
     maze-run)
       PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True SOURCE=${MAZE_SOURCE:-sapientinc/maze-30x30-hard-1k} \
         bash scripts/reproduce_maze_1k.sh wandb.mode=disabled eval_interval=100 >> "$OUT_DIR/maze_run.log" 2>&1 ;;

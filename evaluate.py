@@ -44,7 +44,8 @@ def parse_eval_config(arguments: Sequence[str]) -> EvalConfig:
 def run_evaluation(eval_config: EvalConfig, context: DistributedContext) -> Optional[Dict[str, Dict[str, float]]]:
     run_folder = os.path.dirname(os.path.abspath(eval_config.checkpoint))
     config = read_saved_config(run_folder)
-    overrides = {"eval_save_outputs": eval_config.save_outputs, "checkpoint_path": run_folder}
+    # Evaluation runs each process's whole slice of a batch at once: no micro-batches.
+    overrides = {"eval_save_outputs": eval_config.save_outputs, "checkpoint_path": run_folder, "gradient_accumulation_steps": 1}
     for key in ("data_path", "global_batch_size"):
         if getattr(eval_config, key) is not None:
             overrides[key] = getattr(eval_config, key)
@@ -57,7 +58,7 @@ def run_evaluation(eval_config: EvalConfig, context: DistributedContext) -> Opti
     state = TrainState(
         loss_head=loss_head,
         step_fn=step_function(config, loss_head, context.device),
-        optimizers=[], base_lrs=[], carry=None,
+        optimizers=[], base_lrs=[], carries=None,
         step=step_from_filename(eval_config.checkpoint) or 0, total_steps=0,
     )
     metrics = evaluate(config, state, eval_loader, context, save_dir=eval_config.output_dir or run_folder)

@@ -44,6 +44,7 @@ from utils.config import (
     PretrainConfig,
     check_world_size,
     load_config,
+    micro_batch_size,
     model_config_dict,
     read_saved_config,
     save_config,
@@ -71,7 +72,7 @@ class TrainState:
     step_fn: nn.Module  # what the loop calls: loss_head, compiled where enabled
     optimizers: List[torch.optim.Optimizer]
     base_lrs: List[float]
-    carry: Any
+    carries: Optional[List[Any]]  # the ACT carry of each micro-batch (gradient_accumulation_steps of them)
     step: int
     total_steps: int
 
@@ -124,7 +125,7 @@ def build_loss_head(config: PretrainConfig, metadata, context: DistributedContex
     loss_head_class = load_model_class(config.arch.loss.name)
     model_config = model_config_dict(
         config,
-        batch_size=config.global_batch_size // context.world_size,
+        batch_size=micro_batch_size(config, context.world_size),
         vocab_size=metadata.vocab_size,
         seq_len=metadata.seq_len,
         num_puzzle_identifiers=metadata.num_puzzle_identifiers,
@@ -188,19 +189,42 @@ def build_train_state(config: PretrainConfig, metadata, context: DistributedCont
     optimizers, base_lrs = build_optimizers(config, loss_head, context)
     total_steps = int(config.epochs * metadata.total_groups * metadata.mean_puzzle_examples / config.global_batch_size)
     torch.manual_seed(config.seed + context.rank)
-    return TrainState(loss_head=loss_head, step_fn=step_function(config, loss_head, context.device), optimizers=optimizers, base_lrs=base_lrs, carry=None, step=0, total_steps=total_steps)
+    return TrainState(loss_head=loss_head, step_fn=step_function(config, loss_head, context.device), optimizers=optimizers, base_lrs=base_lrs, carries=None, step=0, total_steps=total_steps)
+
+
+def split_batch(batch: Dict[str, torch.Tensor], parts: int) -> List[Dict[str, torch.Tensor]]:
+    """A process's batch as `parts` micro-batches of consecutive rows (views, no copies)."""
+    if parts == 1:
+        return [batch]
+    pieces = {key: value.chunk(parts) for key, value in batch.items()}
+    return [{key: pieces[key][index] for key in batch} for index in range(parts)]
+
+
+def set_aside_sparse_gradients(optimizers: List[torch.optim.Optimizer]) -> None:
+    for optimizer in optimizers:
+        if isinstance(optimizer, CastedSparseEmbeddingSignSGD_Distributed):
+            optimizer.set_aside_gradients()
 
 
 def train_batch(config: PretrainConfig, state: TrainState, batch: Dict[str, torch.Tensor], global_batch_size: int, context: DistributedContext) -> Optional[DeferredMetrics]:
     if state.step >= state.total_steps:
         return None
     state.step += 1
-    batch = to_device(batch, context.device)
-    if state.carry is None:
-        state.carry = state.loss_head.initial_carry(batch)
+    micro_batches = split_batch(to_device(batch, context.device), config.gradient_accumulation_steps)
+    if state.carries is None:
+        state.carries = [state.loss_head.initial_carry(micro_batch) for micro_batch in micro_batches]
 
-    state.carry, loss, metrics, _, _ = state.step_fn(carry=state.carry, batch=batch, return_keys=[])
-    (loss / global_batch_size).backward()
+    # Each micro-batch adds its share of the global batch's mean loss to the gradients, as each
+    # process does; the metrics are sums, added up over micro-batches and then over processes.
+    values = None
+    for index, micro_batch in enumerate(micro_batches):
+        if index > 0:
+            set_aside_sparse_gradients(state.optimizers)
+        state.carries[index], loss, metrics, _, _ = state.step_fn(carry=state.carries[index], batch=micro_batch, return_keys=[])
+        (loss / global_batch_size).backward()
+        keys = sorted(metrics)
+        micro_values = torch.stack([metrics[key].detach().float() for key in keys])
+        values = micro_values if values is None else values + micro_values
     all_reduce_gradients(list(state.loss_head.parameters()), context.world_size)
 
     lr = 0.0
@@ -211,8 +235,6 @@ def train_batch(config: PretrainConfig, state: TrainState, batch: Dict[str, torc
         optimizer.step()
         optimizer.zero_grad()
 
-    keys = sorted(metrics)
-    values = torch.stack([metrics[key].detach().float() for key in keys])
     if context.is_distributed:
         torch.distributed.all_reduce(values)
     return DeferredMetrics(keys, values, state.step, lr)
@@ -288,7 +310,8 @@ def evaluate(config: PretrainConfig, state: TrainState, loader: PuzzleDataset, c
 
 def save_train_state(config: PretrainConfig, state: TrainState, loader: PuzzleDataset, context: DistributedContext) -> None:
     """Write step_N.pt with everything needed to continue bit for bit (called on every rank)."""
-    carry_states = gather_objects(carry_to_state(state.carry) if state.carry is not None else None, context)
+    local_carry = None if state.carries is None else concatenate_carry_states([carry_to_state(carry) for carry in state.carries])
+    carry_states = gather_objects(local_carry, context)
     rng_states = gather_objects(rng_state(context.device), context)
     if context.is_main:
         checkpoint = {
@@ -319,10 +342,15 @@ def restore_train_state(path: str, config: PretrainConfig, state: TrainState, lo
     state.step = checkpoint["step"]
     loader.load_state_dict(checkpoint["loader"])
     if checkpoint["carry"] is not None:
-        local = config.global_batch_size // context.world_size
-        template = state.loss_head.initial_carry(_blank_batch(loader, local, context.device))
-        own_rows = slice_carry_state(checkpoint["carry"], context.rank * local, (context.rank + 1) * local)
-        state.carry = carry_from_state(own_rows, template)
+        # The stored carry has the rows of the global batch in order, so it resumes with any split
+        # of the batch over processes and micro-batches.
+        micro = micro_batch_size(config, context.world_size)
+        first_row = context.rank * config.global_batch_size // context.world_size
+        template = state.loss_head.initial_carry(_blank_batch(loader, micro, context.device))
+        state.carries = [
+            carry_from_state(slice_carry_state(checkpoint["carry"], first_row + index * micro, first_row + (index + 1) * micro), template)
+            for index in range(config.gradient_accumulation_steps)
+        ]
     if len(checkpoint["rng"]) == context.world_size:
         restore_rng_state(checkpoint["rng"][context.rank], context.device)
     elif context.is_main:
@@ -334,7 +362,7 @@ def restore_train_state(path: str, config: PretrainConfig, state: TrainState, lo
 # Keys (dotted where nested) that may differ between a checkpoint's config and the resuming run's.
 RESUMABLE_CHANGES = {
     "resume", "wandb", "keep_checkpoints", "checkpoint_every_steps", "checkpoint_every_eval", "stop_after_minutes", "compile",
-    "eval_save_outputs", "checkpoint_path", "project_name", "run_name", "arch.fused_kernels",
+    "eval_save_outputs", "checkpoint_path", "project_name", "run_name", "arch.fused_kernels", "gradient_accumulation_steps",
 }
 
 

@@ -7,7 +7,7 @@ leaf tensor `local_weights` that collects the gradient; `CastedSparseEmbeddingSi
 then writes the update back into the rows of `weights` that were used.
 """
 
-from typing import Iterable, Union
+from typing import Dict, Iterable, List, Tuple, Union
 
 import torch
 import torch.distributed as dist
@@ -53,8 +53,10 @@ class CastedSparseEmbeddingSignSGD_Distributed(Optimizer):
 
     `params` are the buffers of one `CastedSparseEmbedding` (`embedding.buffers()`). With
     world_size > 1 the local gradients and ids of every process are all-gathered, so every process
-    applies the same update to its copy of the table. Gradients of rows used more than once (on any
-    process) are summed before taking the sign:
+    applies the same update to its copy of the table. With gradient accumulation, `set_aside_gradients`
+    keeps each earlier micro-batch's rows for the step, which then treats them like the rows of
+    further processes. Gradients of rows used more than once (in any micro-batch, on any process) are
+    summed before taking the sign:
         w = w * (1 - lr * weight_decay) - lr * sign(sum of g)
     """
 
@@ -64,6 +66,8 @@ class CastedSparseEmbeddingSignSGD_Distributed(Optimizer):
         if weight_decay < 0:
             raise ValueError(f"weight_decay={weight_decay} must be >= 0")
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, world_size=world_size))
+        # Per parameter group: (row gradients, ids) of the earlier micro-batches of this step.
+        self._set_aside: Dict[int, List[Tuple[torch.Tensor, torch.Tensor]]] = {}
 
     @staticmethod
     def _split_group(params):
@@ -79,17 +83,32 @@ class CastedSparseEmbeddingSignSGD_Distributed(Optimizer):
         return local_weights[0], local_ids[0], weights[0]
 
     @torch.no_grad()
+    def set_aside_gradients(self) -> None:
+        """Gradient accumulation: keep the row gradients and ids of the micro-batch just back-propagated
+        for the next `step`, and clear the gradient: the next micro-batch's forward pass overwrites
+        the rows and ids in the embedding's buffers."""
+        for index, group in enumerate(self.param_groups):
+            local_weights, local_ids, _ = self._split_group(group["params"])
+            if local_weights.grad is not None:
+                self._set_aside.setdefault(index, []).append((local_weights.grad.clone(), local_ids.clone()))
+                local_weights.grad = None
+
+    @torch.no_grad()
     def step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
             local_weights, local_ids, weights = self._split_group(group["params"])
+            pieces = self._set_aside.pop(index, [])
             if local_weights.grad is not None:
-                _sparse_emb_signsgd_dist(
-                    local_weights.grad, local_ids, weights, lr=group["lr"], weight_decay=group["weight_decay"], world_size=group["world_size"]
-                )
+                pieces.append((local_weights.grad, local_ids))
+            if not pieces:
+                continue
+            grad = pieces[0][0] if len(pieces) == 1 else torch.cat([piece_grad for piece_grad, _ in pieces])
+            ids = pieces[0][1] if len(pieces) == 1 else torch.cat([piece_ids for _, piece_ids in pieces])
+            _sparse_emb_signsgd_dist(grad, ids, weights, lr=group["lr"], weight_decay=group["weight_decay"], world_size=group["world_size"])
         return loss
 
 

@@ -72,6 +72,25 @@ def test_sign_sgd_equals_its_rule_with_repeated_ids():
     assert embedding.weights[0, 3] == before[0, 3] * (1 - LR * WD)
 
 
+def test_micro_batches_set_aside_update_like_one_batch():
+    # Gradient accumulation: row 2 appears in both micro-batches, and only the sum over both gives
+    # its sign (the first micro-batch alone would step it the other way).
+    ids = torch.tensor([2, 0, 2, 5, 2, 1], dtype=torch.int32)
+    upstream = torch.tensor([[1.0, -1.0, 0.5, 0.0], [0.3, 0.3, -0.3, 0.0], [2.0, 0.5, 0.25, 0.0],
+                             [1.0, 1.0, 1.0, 1.0], [-4.0, 0.0, -1.0, 0.0], [0.0, 0.0, 0.0, -1.0]])
+    embedding = make_embedding(batch_size=3)
+    optimizer = CastedSparseEmbeddingSignSGD_Distributed(embedding.buffers(), world_size=1, lr=LR, weight_decay=WD)
+    before = embedding.weights.clone()
+    embedding.train()
+    for rows in (slice(0, 3), slice(3, 6)):
+        optimizer.set_aside_gradients()  # nothing to set aside before the first micro-batch
+        (embedding(ids[rows]) * upstream[rows]).sum().backward()
+    optimizer.step()
+    assert torch.allclose(embedding.weights, expected_update(before, ids.long(), upstream), atol=1e-7)
+    assert embedding.weights[2, 0] > before[2, 0] * (1 - LR * WD)
+    assert optimizer._set_aside == {}
+
+
 def test_lr_is_read_from_the_param_group_each_step():
     embedding = make_embedding(batch_size=2)
     optimizer = CastedSparseEmbeddingSignSGD_Distributed(embedding.buffers(), world_size=1, lr=0, weight_decay=WD)

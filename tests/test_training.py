@@ -1,5 +1,6 @@
 """pretrain.py and evaluate.py end to end on a tiny real dataset, on the CPU."""
 
+import json
 import math
 import os
 import shutil
@@ -170,23 +171,74 @@ def without_eval_at(records, step):
     return [record for record in records if not (record["step"] == step and "time/eval_seconds" in record)]
 
 
-def test_time_limit_stops_with_an_evaluation_and_a_checkpoint_and_resume_finishes_the_same_run(dataset, tmp_path):
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_time_limit_stops_with_an_evaluation_and_a_checkpoint_and_resume_finishes_the_same_run(dataset, tmp_path, accumulation):
     # The clock is read every 10 steps, so a limit that is already spent stops the run at step 10,
-    # inside the first iteration (12 steps per evaluation).
+    # inside the first iteration (12 steps per evaluation). With micro-batches, each has its own
+    # ACT carry in flight, and all of them must come back.
+    common = dict(gradient_accumulation_steps=accumulation)
     straight = str(tmp_path / "straight")
-    train_in_process(tiny_overrides(dataset, straight))
+    train_in_process(tiny_overrides(dataset, straight, **common))
 
     stopped = str(tmp_path / "stopped")
-    eval_metrics = train_in_process(tiny_overrides(dataset, stopped, stop_after_minutes=1e-9))
+    eval_metrics = train_in_process(tiny_overrides(dataset, stopped, stop_after_minutes=1e-9, **common))
     assert [os.path.basename(path) for path in list_checkpoints(stopped)] == ["step_10.pt"]
     records = read_metrics(os.path.join(stopped, "metrics.jsonl"))
     assert records[-1]["step"] == 10 and records[-1]["all/lm_loss"] == eval_metrics["all"]["lm_loss"]
 
-    train_in_process(tiny_overrides(dataset, stopped, resume="true"))
+    train_in_process(tiny_overrides(dataset, stopped, resume="true", **common))
     assert_same_tensors(final_weights(straight)["model"], final_weights(stopped)["model"], exact=True)
     assert without_timings(without_eval_at(read_metrics(os.path.join(stopped, "metrics.jsonl")), 10)) == without_timings(
         read_metrics(os.path.join(straight, "metrics.jsonl"))
     )
+
+
+def assert_same_run(expected_folder, actual_folder, tolerance=1e-4):
+    expected_log = read_metrics(os.path.join(expected_folder, "metrics.jsonl"))
+    actual_log = read_metrics(os.path.join(actual_folder, "metrics.jsonl"))
+    assert [record["step"] for record in expected_log] == [record["step"] for record in actual_log]
+    for one, two in zip(expected_log, actual_log):
+        for key in one:
+            if key.endswith("loss") or key.endswith("accuracy"):
+                assert math.isclose(one[key], two[key], rel_tol=1e-5, abs_tol=1e-6), (one["step"], key, one[key], two[key])
+    assert_same_tensors(final_weights(expected_folder)["model"], final_weights(actual_folder)["model"], exact=False, tolerance=tolerance)
+
+
+def test_gradient_accumulation_trains_like_the_whole_batch_and_resumes_with_another_split(dataset, tmp_path):
+    # Two micro-batches of 16 in one process are the two ranks of a 2-process run: the same
+    # gradients, puzzle-embedding update and metrics as one batch of 32, up to float rounding.
+    # Without ACT exploration no random draw depends on how the batch is split.
+    common = {"arch.halt_exploration_prob": 0.0}
+    whole = str(tmp_path / "whole")
+    train_in_process(tiny_overrides(dataset, whole, **common))
+    accumulated = str(tmp_path / "accumulated")
+    train_in_process(tiny_overrides(dataset, accumulated, gradient_accumulation_steps=2, **common))
+    assert_same_run(whole, accumulated)
+
+    # The checkpoint keeps the carry rows in batch order, so a run stopped with 4 micro-batches
+    # continues with 1.
+    switched = str(tmp_path / "switched")
+    train_in_process(tiny_overrides(dataset, switched, gradient_accumulation_steps=4, stop_after_minutes=1e-9, **common))
+    train_in_process(tiny_overrides(dataset, switched, gradient_accumulation_steps=1, resume="true", **common))
+    shutil.move(os.path.join(switched, "metrics.jsonl"), os.path.join(switched, "with_stop.jsonl"))
+    with open(os.path.join(switched, "metrics.jsonl"), "w") as file:
+        for record in without_eval_at(read_metrics(os.path.join(switched, "with_stop.jsonl")), 10):
+            file.write(json.dumps(record) + "\n")
+    assert_same_run(whole, switched)
+
+
+def test_gradient_accumulation_updates_the_puzzle_embeddings_like_the_whole_batch(tmp_path):
+    # ARC puzzles have their own embedding rows (17 here), so this checks that the rows of every
+    # micro-batch reach the sign-SGD step, not only the last micro-batch's.
+    arc_data = os.path.join(REPO_ROOT, "tests", "data", "arc_example", "data")
+    common = {"global_batch_size": 8, "epochs": 8, "eval_interval": 8, "arch.halt_exploration_prob": 0.0}
+    whole = str(tmp_path / "whole")
+    train_in_process(tiny_overrides(arc_data, whole, **common))
+    accumulated = str(tmp_path / "accumulated")
+    train_in_process(tiny_overrides(arc_data, accumulated, gradient_accumulation_steps=2, **common))
+    assert_same_run(whole, accumulated)
+    embedding_key = next(key for key in final_weights(whole)["model"] if key.endswith("puzzle_emb.weights"))
+    assert final_weights(whole)["model"][embedding_key].abs().sum() > 0
 
 
 def test_two_processes_match_one(dataset, tmp_path):
@@ -260,6 +312,7 @@ def test_starting_over_an_existing_run_is_refused(dataset, tmp_path):
         ({"epochs": 8, "eval_interval": 3}, "eval_interval=3 must divide epochs=8"),
         ({"global_batch_size": "many"}, "global_batch_size"),
         ({"stop_after_minutes": 0}, "stop_after_minutes=0.0 must be a positive number of minutes"),
+        ({"gradient_accumulation_steps": 3}, r"global_batch_size=32 is not divisible by the world size 1 x gradient_accumulation_steps=3 = 3"),
     ],
 )
 def test_bad_config_stops_before_writing_anything(dataset, tmp_path, override, message):

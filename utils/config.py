@@ -51,6 +51,7 @@ class PretrainConfig(StrictModel):
     data_path: str
 
     global_batch_size: int
+    gradient_accumulation_steps: int = 1
     epochs: int
     eval_interval: Optional[int] = None
     checkpoint_every_eval: bool = False
@@ -82,7 +83,7 @@ class PretrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def check_values(self) -> "PretrainConfig":
-        positive = {"global_batch_size": self.global_batch_size, "epochs": self.epochs}
+        positive = {"global_batch_size": self.global_batch_size, "gradient_accumulation_steps": self.gradient_accumulation_steps, "epochs": self.epochs}
         for key in ("eval_interval", "checkpoint_every_steps", "keep_checkpoints"):
             if getattr(self, key) is not None:
                 positive[key] = getattr(self, key)
@@ -176,13 +177,30 @@ def _unknown_override_message(key: str, config_name: str) -> str:
 
 
 def check_world_size(config: PretrainConfig, world_size: int) -> None:
-    if config.global_batch_size % world_size != 0:
+    """Every process takes an equal slice of each global batch and splits it into
+    gradient_accumulation_steps equal micro-batches."""
+    accumulation = config.gradient_accumulation_steps
+    parts = world_size * accumulation
+    if config.global_batch_size % parts == 0:
+        return
+    example = max(parts, config.global_batch_size // parts * parts)
+    if accumulation == 1:
         raise ConfigError(
             f"global_batch_size={config.global_batch_size} is not divisible by the world size {world_size}: "
             f"every process takes an equal slice of each batch. Set global_batch_size to a multiple of "
-            f"{world_size} (e.g. {max(world_size, config.global_batch_size // world_size * world_size)}) "
-            "or change --nproc-per-node."
+            f"{world_size} (e.g. {example}) or change --nproc-per-node."
         )
+    raise ConfigError(
+        f"global_batch_size={config.global_batch_size} is not divisible by the world size {world_size} x "
+        f"gradient_accumulation_steps={accumulation} = {parts}: every process splits its slice of each batch into "
+        f"{accumulation} equal micro-batches. Set global_batch_size to a multiple of {parts} (e.g. {example}), "
+        "or change gradient_accumulation_steps or --nproc-per-node."
+    )
+
+
+def micro_batch_size(config: PretrainConfig, world_size: int) -> int:
+    """Sequences in one forward pass of one process."""
+    return config.global_batch_size // (world_size * config.gradient_accumulation_steps)
 
 
 def with_derived_names(config: PretrainConfig, model_class_name: str) -> PretrainConfig:

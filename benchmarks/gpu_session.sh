@@ -6,6 +6,8 @@
 #            unfused,fused: the plain PyTorch path against the fused kernel)
 #   maze     the same for the maze shape
 #   autotune the Sudoku step compiled with mode max-autotune-no-cudagraphs (Triton matmul templates)
+#   maze-accum the maze recipe's global batch 768 as 2 and as 4 micro-batches (gradient_accumulation_steps):
+#            step time and peak memory, i.e. whether the Maze-1k recipe fits an 80 GB GPU
 #   curve    the 200-step loss-curve check of the fused kernel against the plain path (Sudoku-1k recipe)
 #   sudoku-run the Sudoku-Extreme-1k recipe (scripts/reproduce_sudoku_1k.sh) until the machine goes
 #            away; SUDOKU_RUN_ARGS holds extra overrides (e.g. arch.fused_kernels=true)
@@ -41,6 +43,11 @@ for stage in $STAGES; do
     autotune)
       timeout 300 python3 benchmarks/train_step.py --shape sudoku --warmup 10 --steps 50 \
         --compare compile-max-autotune-no-cudagraphs --output "$OUT_DIR/train_step.jsonl" >> "$LOG" 2>&1 ;;
+    maze-accum)
+      for steps in 2 4; do
+        timeout 300 python3 benchmarks/train_step.py --shape maze --batch 768 --gradient-accumulation-steps $steps --warmup 3 \
+          --steps 10 --output "$OUT_DIR/train_step.jsonl" >> "$LOG" 2>&1
+      done ;;
     curve)
       for path in plain fused; do
         flag=$([ $path = fused ] && echo true || echo false)

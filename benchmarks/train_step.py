@@ -4,6 +4,7 @@ on synthetic batches of a named shape.
     python benchmarks/train_step.py --shape sudoku
     python benchmarks/train_step.py --shape maze --compare eager,compile,compile-max-autotune-no-cudagraphs
     python benchmarks/train_step.py --shape sudoku --profile profiles/sudoku
+    python benchmarks/train_step.py --shape maze --batch 768 --gradient-accumulation-steps 2   # micro-batches of 384
     python benchmarks/train_step.py --shape tiny --steps 3 --warmup 1      # CPU-sized, for CI
 
 Prints one JSON line per variant on stdout (everything else goes to stderr): compile time (the first
@@ -49,7 +50,7 @@ from dataset.common import PuzzleDatasetMetadata  # noqa: E402
 from models import layers  # noqa: E402
 from models.kernels import kernels_usable  # noqa: E402
 from models.losses import IGNORE_LABEL_ID  # noqa: E402
-from utils.config import ArchConfig, ConfigError, PretrainConfig, load_config  # noqa: E402
+from utils.config import ArchConfig, ConfigError, PretrainConfig, check_world_size, load_config  # noqa: E402
 from utils.distributed import DistributedContext, setup_distributed  # noqa: E402
 
 # Dense bf16 matrix-product rate measured on one H100 80GB (8192^3 products); the H200 has the same
@@ -363,12 +364,14 @@ def benchmark_variant(variant: Variant, base_config: PretrainConfig, metadata: P
 
     median_ms, p90_ms = float(np.median(step_ms)), float(np.percentile(step_ms, 90))
     tokens = config.global_batch_size * (metadata.seq_len + model.inner.puzzle_emb_len)
-    flops = train_step_flops(model.inner)
+    # The model is built for one micro-batch; a step runs gradient_accumulation_steps of them.
+    flops = train_step_flops(model.inner) * config.gradient_accumulation_steps
     achieved_tflops = flops / (median_ms * 1e-3) / 1e12
     return {
         "variant": variant.name,
         "shape": args.shape,
         "batch": config.global_batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
         "seq_len": metadata.seq_len,
         "puzzle_positions": model.inner.puzzle_emb_len,
         "num_identifiers": metadata.num_puzzle_identifiers,
@@ -406,6 +409,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="sudoku", help="dataset shape (default sudoku)")
     parser.add_argument("--batch", type=int, help="global batch size (default: the shape's; sudoku 768, maze 96, arc 96, tiny 8)")
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=1, metavar="K",
+                        help="run each batch as K micro-batches, as pretrain.py's gradient_accumulation_steps (default 1)")
     parser.add_argument("--num-identifiers", type=int, help="puzzle identifiers, i.e. rows of the puzzle embedding table "
                         "(default: the shape's; arc 1000; the real ARC-1 build has 876407)")
     parser.add_argument("--arch", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
@@ -419,7 +424,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--output", metavar="FILE", help="also append the JSON lines to FILE")
     args = parser.parse_args(argv)
 
-    for name, value, minimum in (("--warmup", args.warmup, 1), ("--steps", args.steps, 1), ("--batch", args.batch, 1), ("--num-identifiers", args.num_identifiers, 1)):
+    for name, value, minimum in (("--warmup", args.warmup, 1), ("--steps", args.steps, 1), ("--batch", args.batch, 1),
+                                   ("--gradient-accumulation-steps", args.gradient_accumulation_steps, 1), ("--num-identifiers", args.num_identifiers, 1)):
         if value is not None and value < minimum:
             parser.error(f"{name} must be at least {minimum}, got {value}")
     for item in args.arch:
@@ -443,8 +449,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
         raise ConfigError("the benchmark runs in one process: start it with python, not torchrun")
     # '++' sets a key whether or not the arch yaml has it (e.g. forward_dtype); the model's own config
     # rejects unknown keys by name.
-    base_config = load_config(["data_path=synthetic", f"global_batch_size={batch}", "wandb.mode=disabled"]
-                              + [f"++arch.{item}" for item in shape.arch + tuple(args.arch)])
+    base_config = load_config(["data_path=synthetic", f"global_batch_size={batch}", f"gradient_accumulation_steps={args.gradient_accumulation_steps}",
+                               "wandb.mode=disabled"] + [f"++arch.{item}" for item in shape.arch + tuple(args.arch)])
+    check_world_size(base_config, context.world_size)
     metadata = shape_metadata(shape, num_identifiers)
     batches = synthetic_batches(shape, batch, num_identifiers)
     peak_tflops = args.peak_tflops

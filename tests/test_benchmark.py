@@ -78,6 +78,16 @@ def test_tiny_cpu_run_reports_a_sane_json_line():
     assert record["peak_tflops"] is None and record["fraction_of_peak"] is None and record["peak_memory_gib"] is None
 
 
+def test_micro_batches_count_the_whole_batch(capsys):
+    # Two micro-batches of 4 do the work of one batch of 8: the same FLOPs per step and tokens per step.
+    record = main(["--shape", "tiny", "--steps", "2", "--warmup", "1", "--compare", "eager", "--gradient-accumulation-steps", "2"])[0]
+    assert "error" not in record
+    assert (record["batch"], record["gradient_accumulation_steps"], record["flops_per_step"]) == (8, 2, 1_599_766_528)
+    assert record["tokens_per_s"] == pytest.approx(8 * 82 / (record["step_ms_median"] / 1e3), rel=1e-3)
+    with pytest.raises(ConfigError, match="gradient_accumulation_steps=3"):
+        main(["--shape", "tiny", "--gradient-accumulation-steps", "3"])
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="relies on the CPU having no cuDNN attention")
 def test_a_failing_variant_reports_an_error_and_the_next_still_runs(tmp_path, capsys):
     output = tmp_path / "results.jsonl"

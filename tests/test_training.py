@@ -226,7 +226,7 @@ def test_gradient_accumulation_trains_like_the_whole_batch_and_resumes_with_anot
 
 def test_gradient_accumulation_updates_the_puzzle_embeddings_like_the_whole_batch(tmp_path):
     # ARC puzzles have their own embedding rows (17 here), so this checks that the rows of every
-    # micro-batch reach the sign-SGD step, not only the last micro-batch's.
+    # micro-batch reach the sign-SGD step, not only the last micro-batch's, in one process and in two.
     arc_data = os.path.join(REPO_ROOT, "tests", "data", "arc_example", "data")
     common = {"global_batch_size": 8, "epochs": 8, "eval_interval": 8, "arch.halt_exploration_prob": 0.0}
     whole = str(tmp_path / "whole")
@@ -234,6 +234,12 @@ def test_gradient_accumulation_updates_the_puzzle_embeddings_like_the_whole_batc
     accumulated = str(tmp_path / "accumulated")
     train_in_process(tiny_overrides(arc_data, accumulated, gradient_accumulation_steps=2, **common))
     assert_same_run(whole, accumulated)
+    # Two processes of two micro-batches each: every process's set-aside rows are all-gathered too.
+    both = str(tmp_path / "both")
+    result = run_script(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "pretrain.py",
+                         *tiny_overrides(arc_data, both, gradient_accumulation_steps=2, **common)], timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert_same_run(whole, both)
     embedding_key = next(key for key in final_weights(whole)["model"] if key.endswith("puzzle_emb.weights"))
     assert final_weights(whole)["model"][embedding_key].abs().sum() > 0
 

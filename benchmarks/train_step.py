@@ -5,11 +5,13 @@ on synthetic batches of a named shape.
     python benchmarks/train_step.py --shape maze --compare eager,compile,compile-max-autotune-no-cudagraphs
     python benchmarks/train_step.py --shape sudoku --profile profiles/sudoku
     python benchmarks/train_step.py --shape maze --batch 768 --gradient-accumulation-steps 2   # micro-batches of 384
+    torchrun --nproc-per-node 2 benchmarks/train_step.py --shape sudoku   # the same global batch over 2 GPUs
     python benchmarks/train_step.py --shape tiny --steps 3 --warmup 1      # CPU-sized, for CI
 
 Prints one JSON line per variant on stdout (everything else goes to stderr): compile time (the first
 step), median and p90 step time, tokens/s, analytic FLOPs, achieved TFLOP/s and fraction of peak,
-peak memory. A variant is one or more parts joined by '+':
+peak memory. Under torchrun every process takes its slice of each global batch, as in training;
+rank 0 reports its step times and memory, and the FLOP rate over all GPUs together. A variant is one or more parts joined by '+':
     default                       as training runs: compiled on CUDA (unless DISABLE_COMPILE), eager on CPU
     eager | compile               torch.compile off | on (the training code path, config.compile)
     compile-<mode>                torch.compile with a mode, e.g. compile-max-autotune-no-cudagraphs
@@ -51,7 +53,7 @@ from models import layers  # noqa: E402
 from models.kernels import kernels_usable  # noqa: E402
 from models.losses import IGNORE_LABEL_ID  # noqa: E402
 from utils.config import ArchConfig, ConfigError, PretrainConfig, check_world_size, load_config  # noqa: E402
-from utils.distributed import DistributedContext, setup_distributed  # noqa: E402
+from utils.distributed import DistributedContext, distributed_session, end_process  # noqa: E402
 
 # Dense bf16 matrix-product rate measured on one H100 80GB (8192^3 products); the H200 has the same
 # compute. Other devices have no default: pass --peak-tflops.
@@ -364,14 +366,16 @@ def benchmark_variant(variant: Variant, base_config: PretrainConfig, metadata: P
 
     median_ms, p90_ms = float(np.median(step_ms)), float(np.percentile(step_ms, 90))
     tokens = config.global_batch_size * (metadata.seq_len + model.inner.puzzle_emb_len)
-    # The model is built for one micro-batch; a step runs gradient_accumulation_steps of them.
-    flops = train_step_flops(model.inner) * config.gradient_accumulation_steps
+    # The model is built for one micro-batch; a step runs gradient_accumulation_steps of them on each process.
+    flops = train_step_flops(model.inner) * config.gradient_accumulation_steps * context.world_size
     achieved_tflops = flops / (median_ms * 1e-3) / 1e12
+    total_peak_tflops = peak_tflops * context.world_size if peak_tflops else None
     return {
         "variant": variant.name,
         "shape": args.shape,
         "batch": config.global_batch_size,
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "processes": context.world_size,
         "seq_len": metadata.seq_len,
         "puzzle_positions": model.inner.puzzle_emb_len,
         "num_identifiers": metadata.num_puzzle_identifiers,
@@ -394,8 +398,8 @@ def benchmark_variant(variant: Variant, base_config: PretrainConfig, metadata: P
         "flops_per_step": flops,
         "achieved_tflops": round(achieved_tflops, 3),
         "peak_tflops": peak_tflops,
-        "fraction_of_peak": round(achieved_tflops / peak_tflops, 4) if peak_tflops else None,
-        "flop_floor_ms": round(flops / (peak_tflops * 1e12) * 1e3, 3) if peak_tflops else None,
+        "fraction_of_peak": round(achieved_tflops / total_peak_tflops, 4) if peak_tflops else None,
+        "flop_floor_ms": round(flops / (total_peak_tflops * 1e12) * 1e3, 3) if peak_tflops else None,
         "peak_memory_gib": peak_memory,
         "peak_memory_with_warmup_gib": peak_memory_with_warmup,
     }
@@ -440,20 +444,25 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     args = parse_args(argv)
+    with distributed_session() as context:
+        return run_benchmark(args, context)
+
+
+def run_benchmark(args: argparse.Namespace, context: DistributedContext) -> List[dict]:
     shape = SHAPES[args.shape]
     batch = args.batch or shape.batch
     num_identifiers = args.num_identifiers or shape.num_identifiers
-
-    context = setup_distributed()
-    if context.is_distributed:
-        raise ConfigError("the benchmark runs in one process: start it with python, not torchrun")
+    if context.is_distributed and args.profile:
+        raise ConfigError("--profile runs in one process: start the benchmark with python, not torchrun")
     # '++' sets a key whether or not the arch yaml has it (e.g. forward_dtype); the model's own config
     # rejects unknown keys by name.
     base_config = load_config(["data_path=synthetic", f"global_batch_size={batch}", f"gradient_accumulation_steps={args.gradient_accumulation_steps}",
                                "wandb.mode=disabled"] + [f"++arch.{item}" for item in shape.arch + tuple(args.arch)])
     check_world_size(base_config, context.world_size)
     metadata = shape_metadata(shape, num_identifiers)
-    batches = synthetic_batches(shape, batch, num_identifiers)
+    local = batch // context.world_size
+    batches = [{key: value[context.rank * local:(context.rank + 1) * local] for key, value in global_batch.items()}
+               for global_batch in synthetic_batches(shape, batch, num_identifiers)]
     peak_tflops = args.peak_tflops
     if peak_tflops is None and context.device.type == "cuda" and re.search(r"H100|H200", torch.cuda.get_device_name(context.device)):
         peak_tflops = HOPPER_PEAK_TFLOPS
@@ -465,14 +474,17 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
         except ConfigError:
             raise
         except Exception as error:  # e.g. an SDPA kernel this GPU or dtype lacks, out of memory: report it and go on
+            if context.is_distributed:
+                raise  # the other processes may be inside a collective: the run cannot go on
             traceback.print_exc(file=sys.stderr)
             record = {"variant": variant.name, "shape": args.shape, "batch": batch, "device": device_name(context.device),
                       "torch": torch.__version__, "error": f"{type(error).__name__}: {error}".splitlines()[0]}
-        line = json.dumps(record)
-        print(line, flush=True)
-        if args.output:
-            with open(args.output, "a") as file:
-                file.write(line + "\n")
+        if context.is_main:
+            line = json.dumps(record)
+            print(line, flush=True)
+            if args.output:
+                with open(args.output, "a") as file:
+                    file.write(line + "\n")
         records.append(record)
         # Release this variant's model, optimiser state and compiled graphs before the next is built. The
         # empty Dynamo cache also makes the next variant compile on its own (its compile time is its
@@ -489,4 +501,5 @@ if __name__ == "__main__":
         main()
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        end_process(1)
+    end_process(0)

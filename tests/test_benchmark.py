@@ -78,6 +78,21 @@ def test_tiny_cpu_run_reports_a_sane_json_line():
     assert record["peak_tflops"] is None and record["fraction_of_peak"] is None and record["peak_memory_gib"] is None
 
 
+def test_two_processes_share_the_global_batch_and_rank_0_reports():
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "benchmarks/train_step.py",
+               "--shape", "tiny", "--steps", "2", "--warmup", "1", "--compare", "eager"]
+    environment = {key: value for key, value in os.environ.items() if key not in ("WORLD_SIZE", "RANK")}
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                            env={**environment, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, f"only rank 0 prints: {result.stdout}"
+    record = json.loads(lines[0])
+    # Each process runs 4 of the 8 sequences; the step's FLOPs and tokens are the whole batch's.
+    assert (record["batch"], record["processes"], record["flops_per_step"]) == (8, 2, 1_599_766_528)
+    assert record["tokens_per_s"] == pytest.approx(8 * 82 / (record["step_ms_median"] / 1e3), rel=1e-3)
+
+
 def test_micro_batches_count_the_whole_batch(capsys):
     # Two micro-batches of 4 do the work of one batch of 8: the same FLOPs per step and tokens per step.
     record = main(["--shape", "tiny", "--steps", "2", "--warmup", "1", "--compare", "eager", "--gradient-accumulation-steps", "2"])[0]

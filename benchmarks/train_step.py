@@ -11,7 +11,8 @@ on synthetic batches of a named shape.
 Prints one JSON line per variant on stdout (everything else goes to stderr): compile time (the first
 step), median and p90 step time, tokens/s, analytic FLOPs, achieved TFLOP/s and fraction of peak,
 peak memory. Under torchrun every process takes its slice of each global batch, as in training;
-rank 0 reports its step times and memory, and the FLOP rate over all GPUs together. A variant is one or more parts joined by '+':
+rank 0 reports its step times and memory, and the FLOP rate over all GPUs together.
+A variant is one or more parts joined by '+':
     default                       as training runs: compiled on CUDA (unless DISABLE_COMPILE), eager on CPU
     eager | compile               torch.compile off | on (the training code path, config.compile)
     compile-<mode>                torch.compile with a mode, e.g. compile-max-autotune-no-cudagraphs

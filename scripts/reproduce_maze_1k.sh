@@ -1,11 +1,13 @@
 #!/bin/bash
-# Maze-30x30-Hard-1k with the paper's recipe on one GPU: build the dataset (the 1000 real training mazes
+# Maze-30x30-Hard-1k with the paper's recipe on one GPU (or NPROC): build the dataset (the 1000 real training mazes
 # and 1000 test mazes), train (global batch 768: the same run as the original's 8-GPU command), evaluate at
 # every eval_interval, plot the curves. Extra arguments go to pretrain.py (e.g. eval_interval=200 for more
 # frequent evaluations). Global batch 768 of 900-cell mazes needs about 110 GiB of GPU memory (an H200).
 #
 #   bash scripts/reproduce_maze_1k.sh [key=value ...]
 #   SOURCE=path/to/folder/with/train.csv/and/test.csv bash scripts/reproduce_maze_1k.sh   # no network
+#   NPROC=2 bash scripts/reproduce_maze_1k.sh      # the same run over 2 GPUs (torchrun)
+#   bash scripts/reproduce_maze_1k.sh gradient_accumulation_steps=2   # on an 80 GB GPU
 #
 # Outputs: data/maze-30x30-hard-1k, checkpoints/reproduce/maze-1k/{metrics.jsonl, step_N.pt,
 # all_config.yaml}, and checkpoints/reproduce/maze-1k/curves.png.
@@ -20,9 +22,16 @@ if [ ! -f "$DATA/identifiers.json" ]; then
   python dataset/build_maze_dataset.py --source-repo "$SOURCE" --output-dir "$DATA"
 fi
 
+# NPROC processes (GPUs) split each global batch; the run is the same for any number.
+NPROC=${NPROC:-1}
+LAUNCH=(python)
+if [ "$NPROC" -gt 1 ]; then
+  LAUNCH=(python -m torch.distributed.run --standalone --nproc-per-node "$NPROC")
+fi
+
 # resume=true: the same command continues an interrupted run from its newest checkpoint.
-python pretrain.py data_path="$DATA" checkpoint_path="$RUN" project_name="Maze-30x30-hard-1k ACT-torch" \
+"${LAUNCH[@]}" pretrain.py data_path="$DATA" checkpoint_path="$RUN" project_name="Maze-30x30-hard-1k ACT-torch" \
   run_name=reproduce-maze-1k resume=true keep_checkpoints=2 \
   epochs=20000 eval_interval=2000 lr=1e-4 puzzle_emb_lr=1e-4 weight_decay=1.0 puzzle_emb_weight_decay=1.0 "$@"
 
-python scripts/plot_metrics.py "$RUN/metrics.jsonl" --output "$RUN/curves.png" --title "Maze-30x30-Hard-1k, HRM, one GPU"
+python scripts/plot_metrics.py "$RUN/metrics.jsonl" --output "$RUN/curves.png" --title "Maze-30x30-Hard-1k, HRM, $NPROC process(es)"

@@ -15,9 +15,11 @@ TINY_MODEL = [
 ]
 
 
-def run_script(script: str, environment: dict, overrides: list) -> None:
-    subprocess.run(["bash", os.path.join(ROOT, "scripts", script), *TINY_MODEL, *overrides],
-                   env={**os.environ, **environment}, cwd=ROOT, check=True, capture_output=True, text=True)
+def run_script(script: str, environment: dict, overrides: list) -> str:
+    """The script's console output (stdout and stderr)."""
+    result = subprocess.run(["bash", os.path.join(ROOT, "scripts", script), *TINY_MODEL, *overrides],
+                            env={**os.environ, **environment}, cwd=ROOT, check=True, capture_output=True, text=True)
+    return result.stdout + result.stderr
 
 
 def read_metrics(run_dir) -> list:
@@ -25,12 +27,13 @@ def read_metrics(run_dir) -> list:
         return [json.loads(line) for line in file]
 
 
-def test_maze_script_builds_trains_evaluates_and_plots(tmp_path):
+def test_maze_script_builds_trains_evaluates_and_plots_over_two_processes(tmp_path):
     data, run = tmp_path / "maze-data", tmp_path / "maze-run"
-    # 100 shipped mazes, 2 epochs at batch 50: 4 steps, an evaluation after each epoch.
-    run_script("reproduce_maze_1k.sh",
-               {"SOURCE": os.path.join(ROOT, "dataset", "samples", "maze-30x30-hard"), "DATA": str(data), "RUN": str(run)},
-               ["epochs=2", "eval_interval=1", "global_batch_size=50"])
+    # 100 shipped mazes, 2 epochs at batch 50 (25 per process): 4 steps, an evaluation after each epoch.
+    output = run_script("reproduce_maze_1k.sh",
+                        {"SOURCE": os.path.join(ROOT, "dataset", "samples", "maze-30x30-hard"), "DATA": str(data), "RUN": str(run), "NPROC": "2"},
+                        ["epochs=2", "eval_interval=1", "global_batch_size=50"])
+    assert "2 process(es)" in output
 
     with open(data / "train" / "dataset.json") as file:
         assert json.load(file)["seq_len"] == 900

@@ -205,16 +205,24 @@ def assert_same_run(expected_folder, actual_folder, stopped_at=None):
     assert_same_tensors(final_weights(expected_folder)["model"], final_weights(actual_folder)["model"], exact=False, tolerance=1e-4)
 
 
+def train_whole_and_in_two_micro_batches(data_path, tmp_path, common) -> str:
+    """Train once on whole batches and once on two micro-batches per batch; assert they are the same
+    run and return the whole-batch run's folder. Without ACT exploration no random draw depends on
+    how the batch is split."""
+    common = {**common, "arch.halt_exploration_prob": 0.0}
+    whole = str(tmp_path / "whole")
+    train_in_process(tiny_overrides(data_path, whole, **common))
+    accumulated = str(tmp_path / "accumulated")
+    train_in_process(tiny_overrides(data_path, accumulated, gradient_accumulation_steps=2, **common))
+    assert_same_run(whole, accumulated)
+    return whole
+
+
 def test_gradient_accumulation_trains_like_the_whole_batch_and_resumes_with_another_split(dataset, tmp_path):
     # Two micro-batches of 16 in one process are the two ranks of a 2-process run: the same
     # gradients, puzzle-embedding update and metrics as one batch of 32, up to float rounding.
-    # Without ACT exploration no random draw depends on how the batch is split.
     common = {"arch.halt_exploration_prob": 0.0}
-    whole = str(tmp_path / "whole")
-    train_in_process(tiny_overrides(dataset, whole, **common))
-    accumulated = str(tmp_path / "accumulated")
-    train_in_process(tiny_overrides(dataset, accumulated, gradient_accumulation_steps=2, **common))
-    assert_same_run(whole, accumulated)
+    whole = train_whole_and_in_two_micro_batches(dataset, tmp_path, common)
 
     # The checkpoint keeps the carry rows in batch order, so a run stopped with 4 micro-batches
     # continues with 1.
@@ -229,11 +237,7 @@ def test_gradient_accumulation_updates_the_puzzle_embeddings_like_the_whole_batc
     # micro-batch reach the sign-SGD step, not only the last micro-batch's, in one process and in two.
     arc_data = os.path.join(REPO_ROOT, "tests", "data", "arc_example", "data")
     common = {"global_batch_size": 8, "epochs": 8, "eval_interval": 8, "arch.halt_exploration_prob": 0.0}
-    whole = str(tmp_path / "whole")
-    train_in_process(tiny_overrides(arc_data, whole, **common))
-    accumulated = str(tmp_path / "accumulated")
-    train_in_process(tiny_overrides(arc_data, accumulated, gradient_accumulation_steps=2, **common))
-    assert_same_run(whole, accumulated)
+    whole = train_whole_and_in_two_micro_batches(arc_data, tmp_path, common)
     # Two processes of two micro-batches each: every process's set-aside rows are all-gathered too.
     both = str(tmp_path / "both")
     result = run_script(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "pretrain.py",

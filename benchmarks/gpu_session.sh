@@ -8,8 +8,8 @@
 #   autotune the Sudoku step compiled with mode max-autotune-no-cudagraphs (Triton matmul templates)
 #   maze-accum the maze recipe's global batch 768 as 2 and as 4 micro-batches (gradient_accumulation_steps):
 #            step time and peak memory, i.e. whether the Maze-1k recipe fits an 80 GB GPU
-#   scaling  the Sudoku and maze steps in one process, then over 2 GPUs with torchrun at the same global
-#            batch (on a two-GPU machine)
+#   scaling  the Sudoku and maze steps (SCALING_SHAPES, default "sudoku maze") in one process, then over
+#            2 GPUs with torchrun at the same global batch (on a two-GPU machine)
 #   curve    the 200-step loss-curve check of the fused kernel against the plain path (Sudoku-1k recipe)
 #   sudoku-run the Sudoku-Extreme-1k recipe (scripts/reproduce_sudoku_1k.sh) until the machine goes
 #            away; SUDOKU_RUN_ARGS holds extra overrides (e.g. arch.fused_kernels=true)
@@ -51,7 +51,7 @@ for stage in $STAGES; do
           --steps 10 --output "$OUT_DIR/train_step.jsonl" >> "$LOG" 2>&1
       done ;;
     scaling)
-      for shape in sudoku maze; do
+      for shape in ${SCALING_SHAPES:-sudoku maze}; do
         timeout 300 python3 benchmarks/train_step.py --shape $shape --output "$OUT_DIR/train_step.jsonl" >> "$LOG" 2>&1
         timeout 300 python3 -m torch.distributed.run --standalone --nproc-per-node 2 benchmarks/train_step.py --shape $shape \
           --output "$OUT_DIR/train_step.jsonl" >> "$LOG" 2>&1

@@ -7,6 +7,7 @@ Every config key (config/cfg_pretrain.yaml, config/arch/*.yaml) can be overridde
 This file wires the parts together and runs the loop; the maths lives in models/.
 """
 
+import dataclasses
 import importlib
 import math
 import os
@@ -114,9 +115,50 @@ def use_compile(config: PretrainConfig, device: torch.device, environ=os.environ
     return config.compile if config.compile is not None else device.type == "cuda"
 
 
+def copy_tensors(value: Any) -> Any:
+    """A copy of every tensor in nested dataclasses, dicts and tuples (the ACT carry, the step's outputs)."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if dataclasses.is_dataclass(value):
+        return dataclasses.replace(value, **{field.name: copy_tensors(getattr(value, field.name)) for field in dataclasses.fields(value)})
+    if isinstance(value, dict):
+        return {key: copy_tensors(item) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return tuple(copy_tensors(item) for item in value)
+    return value
+
+
+class CudaGraphStep(nn.Module):
+    """The loss head compiled with CUDA graphs (torch.compile mode "reduce-overhead").
+
+    A replay writes its outputs into memory that the next replay reuses, while the ACT carry one call
+    returns is the next call's input. So each call starts a new graph step, and everything it returns
+    except the loss (which backward consumes before the next call) is copied out of the graphs' memory.
+    """
+
+    def __init__(self, loss_head: nn.Module):
+        super().__init__()
+        self.compiled = torch.compile(loss_head, dynamic=False, mode="reduce-overhead")
+
+    def forward(self, carry, batch: Dict[str, torch.Tensor], return_keys: Sequence[str]):
+        torch.compiler.cudagraph_mark_step_begin()
+        carry, loss, metrics, outputs, all_halted = self.compiled(carry=carry, batch=batch, return_keys=return_keys)
+        return copy_tensors(carry), loss, copy_tensors(metrics), copy_tensors(outputs), all_halted.clone()
+
+
 def step_function(config: PretrainConfig, loss_head: nn.Module, device: torch.device) -> nn.Module:
-    """What the loops call: the loss head, compiled where enabled."""
-    return torch.compile(loss_head, dynamic=False) if use_compile(config, device) else loss_head
+    """What the loops call: the loss head, compiled where enabled (with CUDA graphs if asked, on a GPU)."""
+    if not use_compile(config, device):
+        return loss_head
+    if config.cuda_graphs and device.type == "cuda":
+        return CudaGraphStep(loss_head)
+    return torch.compile(loss_head, dynamic=False)
+
+
+def compile_description(state: TrainState) -> str:
+    if state.step_fn is state.loss_head:
+        return "off"
+    return "on, CUDA graphs" if isinstance(state.step_fn, CudaGraphStep) else "on"
 
 
 def build_loss_head(config: PretrainConfig, metadata, context: DistributedContext) -> nn.Module:
@@ -361,7 +403,7 @@ def restore_train_state(path: str, config: PretrainConfig, state: TrainState, lo
 
 # Keys (dotted where nested) that may differ between a checkpoint's config and the resuming run's.
 RESUMABLE_CHANGES = {
-    "resume", "wandb", "keep_checkpoints", "checkpoint_every_steps", "checkpoint_every_eval", "stop_after_minutes", "compile",
+    "resume", "wandb", "keep_checkpoints", "checkpoint_every_steps", "checkpoint_every_eval", "stop_after_minutes", "compile", "cuda_graphs",
     "eval_save_outputs", "checkpoint_path", "project_name", "run_name", "arch.fused_kernels", "gradient_accumulation_steps",
 }
 
@@ -429,7 +471,7 @@ def run_training(overrides: Sequence[str], context: DistributedContext) -> Optio
         logger = RunLogger(config.checkpoint_path, config.project_name, config.run_name, config.model_dump(), config.wandb.mode, start_step=state.step)
         parameters = sum(parameter.numel() for parameter in state.loss_head.parameters())
         print(f"{config.run_name}: {parameters:,} parameters, {state.total_steps} steps, {context.world_size} process(es) on "
-              f"{context.device.type}, compile {'on' if state.step_fn is not state.loss_head else 'off'}, checkpoints in {config.checkpoint_path}"
+              f"{context.device.type}, compile {compile_description(state)}, checkpoints in {config.checkpoint_path}"
               + (f", resuming from {os.path.basename(resume_from)}" if resume_from else ""))
     else:
         logger = SilentLogger()

@@ -14,7 +14,8 @@
 #   sudoku-run the Sudoku-Extreme-1k recipe (scripts/reproduce_sudoku_1k.sh) until the machine goes
 #            away; SUDOKU_RUN_ARGS holds extra overrides (e.g. arch.fused_kernels=true)
 #   maze-run the Maze-30x30-Hard-1k recipe (scripts/reproduce_maze_1k.sh, evaluating every 100 epochs)
-#            until the machine goes away; MAZE_SOURCE names a local folder of the maze CSVs (no network)
+#            until the machine goes away; MAZE_SOURCE names a local folder of the maze CSVs (no network),
+#            MAZE_RUN_ARGS replaces the extra overrides (default eval_interval=100), NPROC spreads it over GPUs
 # Usage: benchmarks/gpu_session.sh OUTPUT_DIR [STAGE ...]   (default: tests kernels sudoku maze)
 set -uo pipefail
 OUT_DIR=${1:?usage: benchmarks/gpu_session.sh OUTPUT_DIR [STAGE ...]}
@@ -69,7 +70,7 @@ for stage in $STAGES; do
       bash scripts/reproduce_sudoku_1k.sh wandb.mode=disabled ${SUDOKU_RUN_ARGS:-} >> "$OUT_DIR/sudoku_run.log" 2>&1 ;;
     maze-run)
       PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True SOURCE=${MAZE_SOURCE:-sapientinc/maze-30x30-hard-1k} \
-        bash scripts/reproduce_maze_1k.sh wandb.mode=disabled eval_interval=100 >> "$OUT_DIR/maze_run.log" 2>&1 ;;
+        bash scripts/reproduce_maze_1k.sh wandb.mode=disabled ${MAZE_RUN_ARGS:-eval_interval=100} >> "$OUT_DIR/maze_run.log" 2>&1 ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac
 done

@@ -16,6 +16,7 @@ A variant is one or more parts joined by '+':
     default                       as training runs: compiled on CUDA (unless DISABLE_COMPILE), eager on CPU
     eager | compile               torch.compile off | on (the training code path, config.compile)
     compile-<mode>                torch.compile with a mode, e.g. compile-max-autotune-no-cudagraphs
+    cuda-graphs                   compiled and replayed as CUDA graphs (config.cuda_graphs, mode reduce-overhead)
     sdpa-flash | sdpa-cudnn | sdpa-efficient | sdpa-math
                                   attention through PyTorch SDPA with only that kernel allowed
     fused | unfused               the fused SwiGLU Triton kernel of the gradient-free passes on | off
@@ -170,13 +171,14 @@ class Variant:
     name: str
     compile: Optional[bool] = None  # None: as training decides
     compile_mode: Optional[str] = None  # a torch.compile mode; None: pretrain.py's own compile
+    cuda_graphs: bool = False
     sdpa_backend: Optional[SDPBackend] = None  # None: the backend models.layers picks
     fused_kernels: Optional[bool] = None  # None: as the arch config says
 
 
 def parse_variant(name: str) -> Variant:
     compile_modes = list(torch._inductor.list_mode_options())
-    compile, compile_mode, sdpa_backend, fused_kernels = None, None, None, None
+    compile, compile_mode, sdpa_backend, fused_kernels, cuda_graphs = None, None, None, None, False
     for part in name.split("+"):
         if part == "default":
             continue
@@ -184,6 +186,10 @@ def parse_variant(name: str) -> Variant:
             fused_kernels = part == "fused"
         elif part in ("eager", "compile"):
             compile = part == "compile"
+        elif part == "cuda-graphs":
+            compile, cuda_graphs = True, True
+        elif part == "compile-reduce-overhead":
+            raise ValueError("compile-reduce-overhead: use the variant cuda-graphs, the training code path for CUDA graphs")
         elif part.startswith("compile-") and part[len("compile-"):] in compile_modes:
             compile, compile_mode = True, part[len("compile-"):]
         elif part in SDPA_BACKENDS:
@@ -191,15 +197,15 @@ def parse_variant(name: str) -> Variant:
         else:
             raise ValueError(
                 f"unknown variant part '{part}' in '{name}': use default, eager, compile, "
-                f"{', '.join('compile-' + mode for mode in compile_modes)}, {', '.join(SDPA_BACKENDS)}, fused, unfused, joined by '+'"
+                f"{', '.join('compile-' + mode for mode in compile_modes)}, cuda-graphs, {', '.join(SDPA_BACKENDS)}, fused, unfused, joined by '+'"
             )
-    return Variant(name, compile, compile_mode, sdpa_backend, fused_kernels)
+    return Variant(name, compile=compile, compile_mode=compile_mode, cuda_graphs=cuda_graphs, sdpa_backend=sdpa_backend, fused_kernels=fused_kernels)
 
 
 def build_state(base_config: PretrainConfig, variant: Variant, metadata: PuzzleDatasetMetadata, context: DistributedContext):
     # A compile mode is applied below to the uncompiled step; otherwise pretrain.py compiles or not.
     compile = False if variant.compile_mode is not None else variant.compile
-    config = base_config.model_copy(update={} if compile is None else {"compile": compile})
+    config = base_config.model_copy(update={"cuda_graphs": variant.cuda_graphs, **({} if compile is None else {"compile": compile})})
     if variant.fused_kernels is not None:
         arch = ArchConfig(**{**config.arch.model_dump(), "fused_kernels": variant.fused_kernels})
         config = config.model_copy(update={"arch": arch})
@@ -386,6 +392,7 @@ def benchmark_variant(variant: Variant, base_config: PretrainConfig, metadata: P
         "forward_dtype": model.config.forward_dtype,
         "compiled": state.step_fn is not state.loss_head,
         "compile_mode": variant.compile_mode,
+        "cuda_graphs": isinstance(state.step_fn, pretrain.CudaGraphStep),
         "attention_backend": backend,
         "fused_kernels": bool(model.config.fused_kernels and kernels_usable(device.type, device.index or 0, dtype)),
         "optimizers": [f"{type(optimizer).__module__}.{type(optimizer).__qualname__}" for optimizer in state.optimizers],

@@ -8,8 +8,9 @@ import sys
 
 import pytest
 import torch
+from torch.nn.attention import SDPBackend
 
-from benchmarks.train_step import HOPPER_PEAK_TFLOPS, main, train_step_flops
+from benchmarks.train_step import HOPPER_PEAK_TFLOPS, Variant, main, parse_variant, train_step_flops
 from models.hrm.hrm_act_v1 import HierarchicalReasoningModel_ACTV1
 from utils.config import ConfigError
 
@@ -115,10 +116,19 @@ def test_a_failing_variant_reports_an_error_and_the_next_still_runs(tmp_path, ca
     assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == records
 
 
+def test_variant_names_map_to_their_settings():
+    assert parse_variant("cuda-graphs+fused") == Variant("cuda-graphs+fused", compile=True, cuda_graphs=True, fused_kernels=True)
+    assert parse_variant("compile+sdpa-flash") == Variant("compile+sdpa-flash", compile=True, sdpa_backend=SDPBackend.FLASH_ATTENTION)
+    assert parse_variant("compile-max-autotune") == Variant("compile-max-autotune", compile=True, compile_mode="max-autotune")
+
+
 def test_bad_arguments_are_refused_with_a_clear_message(capsys):
     with pytest.raises(SystemExit):
         main(["--shape", "tiny", "--compare", "eager+flash"])
     assert "unknown variant part 'flash'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--shape", "tiny", "--compare", "compile-reduce-overhead"])
+    assert "use the variant cuda-graphs" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--shape", "tiny", "--arch", "hidden_size"])
     assert "--arch takes KEY=VALUE" in capsys.readouterr().err

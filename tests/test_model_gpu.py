@@ -160,3 +160,54 @@ def test_optimizer_is_a_small_share_of_a_training_step(capsys):
     with capsys.disabled():
         print(json.dumps(report))
     assert (adam_time + sparse_time) / step_time < 0.05
+
+
+class OneSetLoader:
+    """What pretrain.evaluate reads of a test loader: the set names and (set, batch, effective size)."""
+
+    def __init__(self, batches):
+        self.metadata = type("Metadata", (), {"sets": ["all"]})()
+        self.batches = batches
+
+    def __iter__(self):
+        return iter([("all", batch, len(batch["inputs"])) for batch in self.batches])
+
+
+def train_and_evaluate(cuda_graphs: bool, steps: int = 6):
+    """The real training step (pretrain.train_batch) on the benchmark's tiny shape, then pretrain.evaluate."""
+    from benchmarks.train_step import SHAPES, shape_metadata, synthetic_batches
+
+    import pretrain
+    from utils.config import load_config
+    from utils.distributed import DistributedContext
+
+    shape = SHAPES["tiny"]
+    # Exploration off: the comparison is about the graphs' memory, and the two compiled programs may draw
+    # their random numbers in another order.
+    config = load_config(["data_path=synthetic", f"global_batch_size={shape.batch}", "wandb.mode=disabled", "compile=true",
+                          f"cuda_graphs={str(cuda_graphs).lower()}", "lr_warmup_steps=1", "++arch.forward_dtype=bfloat16",
+                          "++arch.halt_exploration_prob=0.0"] + [f"++arch.{item}" for item in shape.arch])
+    context = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device(DEVICE))
+    state = pretrain.build_train_state(config, shape_metadata(shape, 1), context)
+    assert isinstance(state.step_fn, pretrain.CudaGraphStep) == cuda_graphs
+    batches = synthetic_batches(shape, shape.batch, 1)
+    metrics = []
+    for step in range(steps):
+        pending = pretrain.train_batch(config, state, batches[step % len(batches)], config.global_batch_size, context)
+        metrics.append(pretrain.finish_train_metrics(pending, config.global_batch_size))
+    evaluation = pretrain.evaluate(config, state, OneSetLoader(batches[:2]), context, save_dir=None)
+    return metrics, evaluation, {name: value.detach().float().cpu() for name, value in state.loss_head.state_dict().items()}
+
+
+def test_cuda_graphs_train_and_evaluate_like_the_compiled_step():
+    compiled_metrics, compiled_eval, compiled_weights = train_and_evaluate(cuda_graphs=False)
+    graph_metrics, graph_eval, graph_weights = train_and_evaluate(cuda_graphs=True)
+    # Several steps: the carry of each step feeds the next, so an overwritten carry would show.
+    for expected, actual in zip(compiled_metrics, graph_metrics):
+        assert actual.keys() == expected.keys()
+        for key in expected:
+            assert actual[key] == pytest.approx(expected[key], rel=1e-2, abs=1e-4), key
+    for key in compiled_eval["all"]:
+        assert graph_eval["all"][key] == pytest.approx(compiled_eval["all"][key], rel=1e-2, abs=1e-4), key
+    for name in compiled_weights:
+        torch.testing.assert_close(graph_weights[name], compiled_weights[name], rtol=1e-2, atol=1e-3, msg=name)

@@ -312,6 +312,8 @@ def test_starting_over_an_existing_run_is_refused(dataset, tmp_path):
         ({"global_batch_size": "many"}, "global_batch_size"),
         ({"stop_after_minutes": 0}, "stop_after_minutes=0.0 must be a positive number of minutes"),
         ({"gradient_accumulation_steps": 3}, r"global_batch_size=32 is not divisible by the world size 1 x gradient_accumulation_steps=3 = 3"),
+        ({"cuda_graphs": "true", "compile": "false"}, "cuda_graphs=true needs torch.compile"),
+        ({"cuda_graphs": "true", "gradient_accumulation_steps": 2}, "Set gradient_accumulation_steps=1 \\(now 2\\) or cuda_graphs=false"),
     ],
 )
 def test_bad_config_stops_before_writing_anything(dataset, tmp_path, override, message):
@@ -373,6 +375,22 @@ def test_implementation_switches_do_not_block_resume():
     assert pretrain._changed_keys(saved, switched) == []
     resized = {"lr": 1e-3, "compile": None, "arch": {"hidden_size": 32, "fused_kernels": True}}
     assert pretrain._changed_keys(saved, resized) == ["arch.hidden_size: 16 in the checkpoint, 32 now"]
+
+
+def test_copy_tensors_copies_a_carry_out_of_shared_memory():
+    # CudaGraphStep's copy of what a graph replay returns: same classes and values, its own memory.
+    from models.hrm.hrm_act_v1 import HierarchicalReasoningModel_ACTV1Carry, HierarchicalReasoningModel_ACTV1InnerCarry
+
+    inner = HierarchicalReasoningModel_ACTV1InnerCarry(z_H=torch.randn(2, 3), z_L=torch.randn(2, 3))
+    carry = HierarchicalReasoningModel_ACTV1Carry(inner, torch.tensor([1, 2]), torch.tensor([True, False]), {"inputs": torch.arange(6).view(2, 3)})
+    copied, count = pretrain.copy_tensors((carry, 7))
+    assert count == 7 and type(copied) is type(carry) and type(copied.inner_carry) is type(inner)
+    pairs = [(copied.inner_carry.z_H, inner.z_H), (copied.inner_carry.z_L, inner.z_L), (copied.steps, carry.steps),
+             (copied.halted, carry.halted), (copied.current_data["inputs"], carry.current_data["inputs"])]
+    for copy, original in pairs:
+        assert torch.equal(copy, original) and copy.data_ptr() != original.data_ptr()
+    inner.z_H.zero_()  # the next replay overwriting the original leaves the copy as it was
+    assert not torch.equal(copied.inner_carry.z_H, inner.z_H)
 
 
 def test_reproduce_script_trains_evaluates_and_plots(dataset, tmp_path):

@@ -79,6 +79,7 @@ class PretrainConfig(StrictModel):
     keep_checkpoints: Optional[int] = None
     stop_after_minutes: Optional[float] = None
     compile: Optional[bool] = None
+    cuda_graphs: bool = False
     wandb: WandbConfig = WandbConfig()
 
     @model_validator(mode="after")
@@ -97,6 +98,13 @@ class PretrainConfig(StrictModel):
             )
         if self.stop_after_minutes is not None and not self.stop_after_minutes > 0:
             raise ValueError(f"stop_after_minutes={self.stop_after_minutes} must be a positive number of minutes (or null for no limit)")
+        if self.cuda_graphs and self.compile is False:
+            raise ValueError("cuda_graphs=true needs torch.compile, which captures the graphs: drop compile=false (or set cuda_graphs=false)")
+        if self.cuda_graphs and self.gradient_accumulation_steps > 1:
+            raise ValueError(
+                f"cuda_graphs=true runs one micro-batch per step: a graph replay reuses the memory that holds the previous "
+                f"micro-batch's gradients. Set gradient_accumulation_steps=1 (now {self.gradient_accumulation_steps}) or cuda_graphs=false"
+            )
         if self.lr_warmup_steps < 0:
             raise ValueError(f"lr_warmup_steps={self.lr_warmup_steps} must be >= 0")
         return self

@@ -102,7 +102,7 @@ def test_an_original_weights_only_checkpoint_evaluates(dataset, tmp_path):
     original_run = tmp_path / "original_run"
     original_run.mkdir()
     config = yaml.safe_load(open(os.path.join(run, "all_config.yaml")))
-    for key in ("resume", "checkpoint_every_steps", "keep_checkpoints", "stop_after_minutes", "gradient_accumulation_steps", "compile", "wandb"):
+    for key in ("resume", "checkpoint_every_steps", "keep_checkpoints", "stop_after_minutes", "gradient_accumulation_steps", "compile", "cuda_graphs", "wandb"):
         del config[key]
     (original_run / "all_config.yaml").write_text(yaml.dump(config))
     weights = torch.load(os.path.join(run, "step_12.pt"), weights_only=False)["model"]

@@ -171,7 +171,7 @@ class Variant:
     name: str
     compile: Optional[bool] = None  # None: as training decides
     compile_mode: Optional[str] = None  # a torch.compile mode; None: pretrain.py's own compile
-    cuda_graphs: bool = False
+    cuda_graphs: bool = False  # config.cuda_graphs: the compiled step replayed as CUDA graphs
     sdpa_backend: Optional[SDPBackend] = None  # None: the backend models.layers picks
     fused_kernels: Optional[bool] = None  # None: as the arch config says
 

@@ -1,5 +1,6 @@
 """The model and optimisers on a CUDA GPU (skipped without one): float32 against the reference,
-bfloat16 under torch.compile, the optimisers on device, and the optimiser's share of a step.
+bfloat16 under torch.compile, the optimisers on device, the optimiser's share of a step, and the
+training step replayed as CUDA graphs (cuda_graphs=true) against the compiled one.
 
 Run with `-s` to see the attention backend, the optimiser chosen and the timings.
 """
@@ -10,6 +11,8 @@ import time
 import pytest
 import torch
 
+import pretrain
+from benchmarks.train_step import SHAPES, shape_metadata, synthetic_batches
 from models.hrm.hrm_act_v1 import HierarchicalReasoningModel_ACTV1
 from models.layers import attention_backend
 from models.losses import ACTLossHead
@@ -17,6 +20,8 @@ from models.optimizers import AdamATan2, build_adam_atan2
 from models.sparse_embedding import CastedSparseEmbeddingSignSGD_Distributed
 from tests.test_model_reference import FIXTURE, GRAD_TOL, OUTPUT_TOL, relative_error
 from tests.test_optimizers import BETAS, LRS, WEIGHT_DECAY, random_problem, transcribed_rule
+from utils.config import load_config
+from utils.distributed import DistributedContext
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 DEVICE = "cuda"
@@ -175,12 +180,6 @@ class OneSetLoader:
 
 def train_and_evaluate(cuda_graphs: bool, steps: int = 6):
     """The real training step (pretrain.train_batch) on the benchmark's tiny shape, then pretrain.evaluate."""
-    from benchmarks.train_step import SHAPES, shape_metadata, synthetic_batches
-
-    import pretrain
-    from utils.config import load_config
-    from utils.distributed import DistributedContext
-
     shape = SHAPES["tiny"]
     # Exploration off: the comparison is about the graphs' memory, and the two compiled programs may draw
     # their random numbers in another order.

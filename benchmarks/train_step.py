@@ -54,7 +54,7 @@ from dataset.common import PuzzleDatasetMetadata  # noqa: E402
 from models import layers  # noqa: E402
 from models.kernels import kernels_usable  # noqa: E402
 from models.losses import IGNORE_LABEL_ID  # noqa: E402
-from utils.config import ArchConfig, ConfigError, PretrainConfig, check_world_size, load_config  # noqa: E402
+from utils.config import ConfigError, PretrainConfig, check_world_size, load_config, validate_config  # noqa: E402
 from utils.distributed import DistributedContext, distributed_session, end_process  # noqa: E402
 
 # Dense bf16 matrix-product rate measured on one H100 80GB (8192^3 products); the H200 has the same
@@ -205,10 +205,14 @@ def parse_variant(name: str) -> Variant:
 def build_state(base_config: PretrainConfig, variant: Variant, metadata: PuzzleDatasetMetadata, context: DistributedContext):
     # A compile mode is applied below to the uncompiled step; otherwise pretrain.py compiles or not.
     compile = False if variant.compile_mode is not None else variant.compile
-    config = base_config.model_copy(update={"cuda_graphs": variant.cuda_graphs, **({} if compile is None else {"compile": compile})})
+    # Validated like a training config, so a variant that training would refuse is refused here too.
+    raw = base_config.model_dump()
+    raw["cuda_graphs"] = variant.cuda_graphs
+    if compile is not None:
+        raw["compile"] = compile
     if variant.fused_kernels is not None:
-        arch = ArchConfig(**{**config.arch.model_dump(), "fused_kernels": variant.fused_kernels})
-        config = config.model_copy(update={"arch": arch})
+        raw["arch"]["fused_kernels"] = variant.fused_kernels
+    config = validate_config(raw)
     # stdout carries only the JSON lines; the optimiser builder reports its choice with print().
     with contextlib.redirect_stdout(sys.stderr):
         state = pretrain.build_train_state(config, metadata, context)

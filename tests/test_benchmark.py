@@ -134,3 +134,6 @@ def test_bad_arguments_are_refused_with_a_clear_message(capsys):
     assert "--arch takes KEY=VALUE" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="Unknown HRM config keys: hiden_size"):
         main(["--shape", "tiny", "--arch", "hiden_size=32"])
+    # A variant's config is validated as training validates it.
+    with pytest.raises(ConfigError, match="Set gradient_accumulation_steps=1 \\(now 2\\) or cuda_graphs=false"):
+        main(["--shape", "tiny", "--gradient-accumulation-steps", "2", "--compare", "cuda-graphs"])

@@ -10,7 +10,8 @@ on synthetic batches of a named shape.
 
 Prints one JSON line per variant on stdout (everything else goes to stderr): compile time (the first
 step), median and p90 step time, tokens/s, analytic FLOPs, achieved TFLOP/s and fraction of peak,
-peak memory. Under torchrun every process takes its slice of each global batch, as in training;
+peak memory (over the whole variant, warm-up included: CUDA graphs take their memory when they are
+recorded, in the warm-up, and their replays allocate nothing). Under torchrun every process takes its slice of each global batch, as in training;
 rank 0 reports its step times and memory, and the FLOP rate over all GPUs together.
 A variant is one or more parts joined by '+':
     default                       as training runs: compiled on CUDA (unless DISABLE_COMPILE), eager on CPU
@@ -358,10 +359,7 @@ def benchmark_variant(variant: Variant, base_config: PretrainConfig, metadata: P
         compile_seconds = time.perf_counter() - start
         run_steps(config, state, batches, context, args.warmup - 1)
         synchronize(device)
-        peak_memory_with_warmup = memory_gib(device)
 
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
         clock = StepClock(device)
         run_steps(config, state, batches, context, args.steps, clock)
         step_ms = clock.step_ms()
@@ -413,7 +411,6 @@ def benchmark_variant(variant: Variant, base_config: PretrainConfig, metadata: P
         "fraction_of_peak": round(achieved_tflops / total_peak_tflops, 4) if peak_tflops else None,
         "flop_floor_ms": round(flops / (total_peak_tflops * 1e12) * 1e3, 3) if peak_tflops else None,
         "peak_memory_gib": peak_memory,
-        "peak_memory_with_warmup_gib": peak_memory_with_warmup,
     }
 
 

@@ -69,6 +69,14 @@ class CastedSparseEmbeddingSignSGD_Distributed(Optimizer):
         # Per parameter group: (row gradients, ids) of the earlier micro-batches of this step.
         self._set_aside: Dict[int, List[Tuple[torch.Tensor, torch.Tensor]]] = {}
 
+    def load_state_dict(self, state_dict) -> None:
+        # The process count belongs to this run, not to the checkpoint: a run resumed over another
+        # number of processes must gather the rows of its own processes.
+        world_size = self.defaults["world_size"]
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            group["world_size"] = world_size
+
     @staticmethod
     def _split_group(params):
         """Tell apart local_weights (requires grad), local_ids (1-D) and weights (2-D)."""

@@ -236,7 +236,7 @@ def test_gradient_accumulation_updates_the_puzzle_embeddings_like_the_whole_batc
     # ARC puzzles have their own embedding rows (17 here), so this checks that the rows of every
     # micro-batch reach the sign-SGD step, not only the last micro-batch's, in one process and in two.
     arc_data = os.path.join(REPO_ROOT, "tests", "data", "arc_example", "data")
-    common = {"global_batch_size": 8, "epochs": 8, "eval_interval": 8, "arch.halt_exploration_prob": 0.0}
+    common = {"global_batch_size": 8, "epochs": 24, "eval_interval": 8, "arch.halt_exploration_prob": 0.0}
     whole = train_whole_and_in_two_micro_batches(arc_data, tmp_path, common)
     # Two processes of two micro-batches each: every process's set-aside rows are all-gathered too.
     both = str(tmp_path / "both")
@@ -246,6 +246,23 @@ def test_gradient_accumulation_updates_the_puzzle_embeddings_like_the_whole_batc
     assert_same_run(whole, both)
     embedding_key = next(key for key in final_weights(whole)["model"] if key.endswith("puzzle_emb.weights"))
     assert final_weights(whole)["model"][embedding_key].abs().sum() > 0
+
+    # A run stopped on one process resumes on two, and one stopped on two resumes on one: the
+    # embedding optimiser gathers over the processes of the resumed run, not those of the checkpoint.
+    def launch(folder, processes, **extra):
+        overrides = tiny_overrides(arc_data, folder, **common, **extra)
+        if processes == 1:
+            train_in_process(overrides)
+            return
+        result = run_script(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes), "pretrain.py", *overrides],
+                            timeout=300)
+        assert result.returncode == 0, result.stderr
+
+    for first, second in ((1, 2), (2, 1)):
+        switched = str(tmp_path / f"from_{first}_to_{second}")
+        launch(switched, first, stop_after_minutes=1e-9)
+        launch(switched, second, resume="true")
+        assert_same_run(whole, switched, stopped_at=10)
 
 
 def test_two_processes_match_one(dataset, tmp_path):

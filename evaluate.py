@@ -12,12 +12,12 @@ import sys
 from typing import Dict, List, Optional, Sequence
 
 from omegaconf import OmegaConf
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from models.state_dict import load_model_state_dict
 from pretrain import TrainState, build_loss_head, create_dataloader, evaluate, step_function
 from utils.checkpoint import load_checkpoint, step_from_filename, weights_from_checkpoint
-from utils.config import ConfigError, check_world_size, read_saved_config
+from utils.config import SAVEABLE_OUTPUTS, ConfigError, check_world_size, environment_overrides, read_saved_config, validate_config
 from utils.distributed import DistributedContext, distributed_session, end_process
 
 DEFAULT_SAVE_OUTPUTS = ["inputs", "labels", "puzzle_identifiers", "preds", "q_halt_logits", "q_continue_logits"]
@@ -31,14 +31,23 @@ class EvalConfig(BaseModel):
     output_dir: Optional[str] = None  # default: the checkpoint's folder
     data_path: Optional[str] = None  # default: the training run's data_path
     global_batch_size: Optional[int] = None  # default: the training run's; set one that the process count divides
+    compile: Optional[bool] = None  # default: the training run's (null: on for CUDA, off on CPU)
+
+    @field_validator("save_outputs")
+    @classmethod
+    def known_outputs(cls, names: List[str]) -> List[str]:
+        unknown = [name for name in names if name not in SAVEABLE_OUTPUTS]
+        if unknown:
+            raise ValueError(f"unknown {', '.join(unknown)}; choose from {', '.join(SAVEABLE_OUTPUTS)}")
+        return names
 
 
 def parse_eval_config(arguments: Sequence[str]) -> EvalConfig:
     try:
         return EvalConfig(**OmegaConf.to_container(OmegaConf.from_cli(list(arguments))))
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors())
-        raise ConfigError(f"evaluate.py: {problems}. Usage: python evaluate.py checkpoint=<path to step_N.pt> [output_dir=DIR] [data_path=DIR] [global_batch_size=N]") from None
+        problems = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg'].removeprefix('Value error, ')}" for item in error.errors())
+        raise ConfigError(f"evaluate.py: {problems}. Usage: python evaluate.py checkpoint=<path to step_N.pt> [output_dir=DIR] [data_path=DIR] [global_batch_size=N] [compile=false]") from None
 
 
 def run_evaluation(eval_config: EvalConfig, context: DistributedContext) -> Optional[Dict[str, Dict[str, float]]]:
@@ -46,20 +55,24 @@ def run_evaluation(eval_config: EvalConfig, context: DistributedContext) -> Opti
     config = read_saved_config(run_folder)
     # Evaluation runs each process's whole slice of a batch at once: no micro-batches.
     overrides = {"eval_save_outputs": eval_config.save_outputs, "checkpoint_path": run_folder, "gradient_accumulation_steps": 1}
-    for key in ("data_path", "global_batch_size"):
+    for key in ("data_path", "global_batch_size", "compile"):
         if getattr(eval_config, key) is not None:
             overrides[key] = getattr(eval_config, key)
-    config = config.model_copy(update=overrides)
+    # Validated like a training config (model_copy would skip the validators).
+    config = validate_config({**config.model_dump(), **overrides})
     check_world_size(config, context.world_size)
 
     eval_loader = create_dataloader(config, "test", context, test_set_mode=True, epochs_per_iter=1)
     loss_head = build_loss_head(config, eval_loader.metadata, context)
-    load_model_state_dict(loss_head, weights_from_checkpoint(load_checkpoint(eval_config.checkpoint)))
+    checkpoint = load_checkpoint(eval_config.checkpoint)
+    load_model_state_dict(loss_head, weights_from_checkpoint(checkpoint))
+    # Our checkpoints hold their step; an original weights-only file has it in its name, if anywhere.
+    step = checkpoint["step"] if isinstance(checkpoint.get("step"), int) else step_from_filename(eval_config.checkpoint) or 0
     state = TrainState(
         loss_head=loss_head,
         step_fn=step_function(config, loss_head, context.device),
         optimizers=[], base_lrs=[], carries=None,
-        step=step_from_filename(eval_config.checkpoint) or 0, total_steps=0,
+        step=step, total_steps=0,
     )
     metrics = evaluate(config, state, eval_loader, context, save_dir=eval_config.output_dir or run_folder)
     if context.is_main and metrics is not None:
@@ -70,7 +83,7 @@ def run_evaluation(eval_config: EvalConfig, context: DistributedContext) -> Opti
 
 def main() -> None:
     try:
-        eval_config = parse_eval_config(sys.argv[1:])
+        eval_config = parse_eval_config(sys.argv[1:] + environment_overrides(os.environ))
         with distributed_session() as context:
             run_evaluation(eval_config, context)
     except (ConfigError, FileNotFoundError, ValueError) as error:

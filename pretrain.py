@@ -9,6 +9,7 @@ This file wires the parts together and runs the loop; the maths lives in models/
 
 import dataclasses
 import importlib
+import inspect
 import math
 import os
 import sys
@@ -18,10 +19,12 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import yaml
+from pydantic import ValidationError
 from torch import nn
 from tqdm import tqdm
 
 from dataset.common import DatasetError
+from models.layers import attention_backend
 from models.optimizers import build_adam_atan2
 from models.sparse_embedding import CastedSparseEmbeddingSignSGD_Distributed
 from models.state_dict import load_model_state_dict
@@ -44,6 +47,8 @@ from utils.config import (
     ConfigError,
     PretrainConfig,
     check_world_size,
+    environment_overrides,
+    format_validation_error,
     load_config,
     micro_batch_size,
     model_config_dict,
@@ -109,9 +114,7 @@ def create_dataloader(config: PretrainConfig, split: str, context: DistributedCo
     )
 
 
-def use_compile(config: PretrainConfig, device: torch.device, environ=os.environ) -> bool:
-    if "DISABLE_COMPILE" in environ:
-        return False
+def use_compile(config: PretrainConfig, device: torch.device) -> bool:
     return config.compile if config.compile is not None else device.type == "cuda"
 
 
@@ -161,6 +164,12 @@ def compile_description(state: TrainState) -> str:
     return "on, CUDA graphs" if isinstance(state.step_fn, CudaGraphStep) else "on"
 
 
+def attention_description(state: TrainState, device: torch.device) -> str:
+    """Which attention kernel the model's layers call here: FlashAttention when it imports and works, else SDPA."""
+    model = state.loss_head.model
+    return attention_backend(device, model.inner.forward_dtype, model.config.hidden_size // model.config.num_heads)
+
+
 def build_loss_head(config: PretrainConfig, metadata, context: DistributedContext) -> nn.Module:
     """The model wrapped in its loss head, initialised from `config.seed` (identically on every rank)."""
     model_class = load_model_class(config.arch.name)
@@ -177,6 +186,10 @@ def build_loss_head(config: PretrainConfig, metadata, context: DistributedContex
     torch.manual_seed(config.seed)
     try:
         model = model_class(model_config)
+    except ValidationError as error:
+        # The model validates its own config; its class lives beside the model, named in the error.
+        config_class = getattr(inspect.getmodule(model_class), error.title, None)
+        raise ConfigError(f"arch: the config does not fit {config.arch.name}:\n" + format_validation_error(error, config_class, prefix="arch.")) from None
     except ValueError as error:
         raise ConfigError(f"arch: the config does not fit {config.arch.name}: {error}") from None
     loss_head = loss_head_class(model, loss_type=config.arch.loss.loss_type)
@@ -471,7 +484,8 @@ def run_training(overrides: Sequence[str], context: DistributedContext) -> Optio
         logger = RunLogger(config.checkpoint_path, config.project_name, config.run_name, config.model_dump(), config.wandb.mode, start_step=state.step)
         parameters = sum(parameter.numel() for parameter in state.loss_head.parameters())
         print(f"{config.run_name}: {parameters:,} parameters, {state.total_steps} steps, {context.world_size} process(es) on "
-              f"{context.device.type}, compile {compile_description(state)}, checkpoints in {config.checkpoint_path}"
+              f"{context.device.type}, compile {compile_description(state)}, attention {attention_description(state, context.device)}, "
+              f"checkpoints in {config.checkpoint_path}"
               + (f", resuming from {os.path.basename(resume_from)}" if resume_from else ""))
     else:
         logger = SilentLogger()
@@ -561,7 +575,7 @@ def main() -> None:
         print(yaml.safe_dump(load_config([]).model_dump(), sort_keys=False))
         return
     try:
-        launch(sys.argv[1:])
+        launch(sys.argv[1:] + environment_overrides(os.environ))
     except (ConfigError, DatasetError, NonFiniteLossError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         end_process(1)

@@ -55,7 +55,7 @@ from dataset.common import PuzzleDatasetMetadata  # noqa: E402
 from models import layers  # noqa: E402
 from models.kernels import kernels_usable  # noqa: E402
 from models.losses import IGNORE_LABEL_ID  # noqa: E402
-from utils.config import ConfigError, PretrainConfig, check_world_size, load_config, validate_config  # noqa: E402
+from utils.config import ConfigError, PretrainConfig, check_world_size, environment_overrides, load_config, validate_config  # noqa: E402
 from utils.distributed import DistributedContext, distributed_session, end_process  # noqa: E402
 
 # Dense bf16 matrix-product rate measured on one H100 80GB (8192^3 products); the H200 has the same
@@ -466,7 +466,8 @@ def run_benchmark(args: argparse.Namespace, context: DistributedContext) -> List
     # '++' sets a key whether or not the arch yaml has it (e.g. forward_dtype); the model's own config
     # rejects unknown keys by name.
     base_config = load_config(["data_path=synthetic", f"global_batch_size={batch}", f"gradient_accumulation_steps={args.gradient_accumulation_steps}",
-                               "wandb.mode=disabled"] + [f"++arch.{item}" for item in shape.arch + tuple(args.arch)])
+                               "wandb.mode=disabled"] + [f"++arch.{item}" for item in shape.arch + tuple(args.arch)]
+                              + environment_overrides(os.environ))
     check_world_size(base_config, context.world_size)
     metadata = shape_metadata(shape, num_identifiers)
     local = batch // context.world_size

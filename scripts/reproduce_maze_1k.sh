@@ -1,12 +1,12 @@
 #!/bin/bash
 # Maze-30x30-Hard-1k with the paper's recipe on one GPU (or NPROC): build the dataset (the 1000 real training mazes
-# and 1000 test mazes), train (global batch 768: the same run as the original's 8-GPU command), evaluate at
+# and 1000 test mazes), train (global batch 768: the same recipe as the original's 8-GPU command), evaluate at
 # every eval_interval, plot the curves. Extra arguments go to pretrain.py (e.g. eval_interval=200 for more
 # frequent evaluations). Global batch 768 of 900-cell mazes needs about 110 GiB of GPU memory (an H200).
 #
 #   bash scripts/reproduce_maze_1k.sh [key=value ...]
 #   SOURCE=path/to/folder/with/train.csv/and/test.csv bash scripts/reproduce_maze_1k.sh   # no network
-#   NPROC=2 bash scripts/reproduce_maze_1k.sh      # the same run over 2 GPUs (torchrun)
+#   NPROC=2 bash scripts/reproduce_maze_1k.sh      # the same recipe over 2 GPUs (torchrun)
 #   bash scripts/reproduce_maze_1k.sh gradient_accumulation_steps=2   # on an 80 GB GPU
 #
 # Outputs: data/maze-30x30-hard-1k, checkpoints/reproduce/maze-1k/{metrics.jsonl, step_N.pt,

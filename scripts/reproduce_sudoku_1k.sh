@@ -1,10 +1,10 @@
 #!/bin/bash
 # Sudoku-Extreme-1k with the paper's recipe on one GPU (or NPROC): build the dataset from the shipped real CSVs,
-# train (global batch 768: the same run as the original's 8-GPU command), evaluate at every
+# train (global batch 768: the same recipe as the original's 8-GPU command), evaluate at every
 # eval_interval, plot the curves. Extra arguments go to pretrain.py (e.g. epochs=4000 for a shorter run).
 #
 #   bash scripts/reproduce_sudoku_1k.sh [key=value ...]
-#   NPROC=2 bash scripts/reproduce_sudoku_1k.sh     # the same run over 2 GPUs (torchrun), about twice as fast
+#   NPROC=2 bash scripts/reproduce_sudoku_1k.sh     # the same recipe over 2 GPUs (torchrun), about twice as fast
 #
 # Outputs: data/sudoku-extreme-1k-aug-1000, checkpoints/reproduce/sudoku-1k/{metrics.jsonl, step_N.pt,
 # all_config.yaml}, and checkpoints/reproduce/sudoku-1k/curves.png.

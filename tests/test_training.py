@@ -16,7 +16,7 @@ import evaluate
 import pretrain
 from tests.training_helpers import REPO_ROOT, build_tiny_sudoku, tiny_overrides, training_environment
 from utils.checkpoint import list_checkpoints
-from utils.config import ConfigError
+from utils.config import ConfigError, environment_overrides
 from utils.distributed import DistributedContext
 from utils.logging import read_metrics
 
@@ -52,6 +52,22 @@ def assert_same_tensors(expected: dict, actual: dict, exact: bool, tolerance: fl
             assert torch.equal(expected[key], actual[key]), key
         else:
             torch.testing.assert_close(actual[key], expected[key], rtol=tolerance, atol=tolerance, msg=key)
+
+
+def assert_same_nested(expected, actual, path="state"):
+    """Equal nested dicts / lists of tensors and plain values, tensors compared element by element."""
+    if isinstance(expected, torch.Tensor):
+        assert isinstance(actual, torch.Tensor) and torch.equal(expected, actual), path
+    elif isinstance(expected, dict):
+        assert expected.keys() == actual.keys(), path
+        for key in expected:
+            assert_same_nested(expected[key], actual[key], f"{path}.{key}")
+    elif isinstance(expected, (list, tuple)):
+        assert len(expected) == len(actual), path
+        for index, (one, two) in enumerate(zip(expected, actual)):
+            assert_same_nested(one, two, f"{path}[{index}]")
+    else:
+        assert expected == actual, path
 
 
 def test_training_lowers_the_loss_and_writes_the_run_folder(dataset, tmp_path):
@@ -90,6 +106,17 @@ def test_evaluate_reproduces_the_final_eval_and_saves_predictions(dataset, tmp_p
     assert predictions["inputs"].shape == (40, 81)
     assert predictions["preds"].shape == (40, 81)
     assert predictions["q_halt_logits"].shape == (40,)
+
+    # A renamed checkpoint keeps its step (in the file) for the predictions' name.
+    shutil.copy(os.path.join(run, "step_24.pt"), os.path.join(run, "best.pt"))
+    evaluate.run_evaluation(evaluate.EvalConfig(checkpoint=os.path.join(run, "best.pt"), output_dir=str(tmp_path / "best"), save_outputs=["preds"]), CPU)
+    assert os.listdir(tmp_path / "best") == ["step_24_all_preds.0"]
+
+    # The evaluation's overrides are validated like a training config.
+    with pytest.raises(ConfigError, match="global_batch_size=0 must be a positive integer"):
+        evaluate.run_evaluation(evaluate.EvalConfig(checkpoint=os.path.join(run, "step_24.pt"), global_batch_size=0), CPU)
+    with pytest.raises(ConfigError, match="save_outputs: unknown pred; choose from inputs"):
+        evaluate.parse_eval_config([f"checkpoint={run}/step_24.pt", "save_outputs=[inputs,pred]"])
 
 
 def test_an_original_weights_only_checkpoint_evaluates(dataset, tmp_path):
@@ -133,8 +160,9 @@ def test_killed_run_resumes_to_the_same_weights(dataset, tmp_path):
     expected, actual = final_weights(straight), final_weights(interrupted)
     assert actual["step"] == expected["step"] == 24
     assert_same_tensors(expected["model"], actual["model"], exact=True)
+    assert len(expected["optimizers"]) == len(actual["optimizers"]) == 2
     for expected_optimizer, actual_optimizer in zip(expected["optimizers"], actual["optimizers"]):
-        assert str(expected_optimizer) == str(actual_optimizer)
+        assert_same_nested(expected_optimizer, actual_optimizer)
     assert without_timings(read_metrics(os.path.join(interrupted, "metrics.jsonl"))) == without_timings(
         read_metrics(os.path.join(straight, "metrics.jsonl"))
     )
@@ -331,6 +359,12 @@ def test_starting_over_an_existing_run_is_refused(dataset, tmp_path):
         ({"gradient_accumulation_steps": 3}, r"global_batch_size=32 is not divisible by the world size 1 x gradient_accumulation_steps=3 = 3"),
         ({"cuda_graphs": "true", "compile": "false"}, "cuda_graphs=true needs torch.compile"),
         ({"cuda_graphs": "true", "gradient_accumulation_steps": 2}, "Set gradient_accumulation_steps=1 \\(now 2\\) or cuda_graphs=false"),
+        ({"lr": -1}, "lr=-1.0 must be >= 0"),
+        ({"beta1": 1.5}, "beta1=1.5 must be in \\[0, 1\\)"),
+        ({"lr_min_ratio": 2}, "lr_min_ratio=2.0 must be in \\[0, 1\\]"),
+        ({"arch.loss.loss_type": "foo"}, "arch.loss.loss_type: Input should be 'stablemax_cross_entropy' or 'softmax_cross_entropy'"),
+        ({"eval_save_outputs": "[inputs,pred]"}, "eval_save_outputs: unknown pred; choose from inputs, labels"),
+        ({"arch.num_heads": "two"}, "arch.num_heads: Input should be a valid integer"),
     ],
 )
 def test_bad_config_stops_before_writing_anything(dataset, tmp_path, override, message):
@@ -392,6 +426,19 @@ def test_implementation_switches_do_not_block_resume():
     assert pretrain._changed_keys(saved, switched) == []
     resized = {"lr": 1e-3, "compile": None, "arch": {"hidden_size": 32, "fused_kernels": True}}
     assert pretrain._changed_keys(saved, resized) == ["arch.hidden_size: 16 in the checkpoint, 32 now"]
+
+
+def test_disable_compile_is_recorded_as_compile_false(dataset, tmp_path):
+    # The original's switch is set-or-not (DISABLE_COMPILE=0 disables too); the entry points turn it
+    # into a config key, so the saved config says how the run ran.
+    assert environment_overrides({"DISABLE_COMPILE": "0"}) == ["compile=false"]
+    assert environment_overrides({}) == []
+    run = str(tmp_path / "run")
+    environment = dict(training_environment(), DISABLE_COMPILE="1")
+    result = subprocess.run([sys.executable, "pretrain.py", *tiny_overrides(dataset, run, epochs=4)], cwd=REPO_ROOT, env=environment,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(open(os.path.join(run, "all_config.yaml")))["compile"] is False
 
 
 def test_copy_tensors_copies_a_carry_out_of_shared_memory():

@@ -29,7 +29,7 @@ class StrictModel(BaseModel):
 
 class LossConfig(StrictModel):
     name: str
-    loss_type: str = "stablemax_cross_entropy"
+    loss_type: Literal["stablemax_cross_entropy", "softmax_cross_entropy"] = "stablemax_cross_entropy"
 
 
 class ArchConfig(BaseModel):
@@ -44,6 +44,10 @@ class ArchConfig(BaseModel):
 
 class WandbConfig(StrictModel):
     mode: Literal["offline", "online", "disabled"] = "offline"
+
+
+# What an evaluation can save (eval_save_outputs): the batch's tensors and the loss head's outputs.
+SAVEABLE_OUTPUTS = ("inputs", "labels", "puzzle_identifiers", "logits", "preds", "q_halt_logits", "q_continue_logits")
 
 
 class PretrainConfig(StrictModel):
@@ -107,6 +111,17 @@ class PretrainConfig(StrictModel):
             )
         if self.lr_warmup_steps < 0:
             raise ValueError(f"lr_warmup_steps={self.lr_warmup_steps} must be >= 0")
+        for key in ("lr", "puzzle_emb_lr", "weight_decay", "puzzle_emb_weight_decay"):
+            if not getattr(self, key) >= 0:
+                raise ValueError(f"{key}={getattr(self, key)} must be >= 0")
+        for key in ("beta1", "beta2"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ValueError(f"{key}={getattr(self, key)} must be in [0, 1) (the defaults are beta1=0.9, beta2=0.95)")
+        if not 0 <= self.lr_min_ratio <= 1:
+            raise ValueError(f"lr_min_ratio={self.lr_min_ratio} must be in [0, 1]: the cosine schedule ends at lr * lr_min_ratio")
+        unknown = [name for name in self.eval_save_outputs if name not in SAVEABLE_OUTPUTS]
+        if unknown:
+            raise ValueError(f"eval_save_outputs: unknown {', '.join(unknown)}; choose from {', '.join(SAVEABLE_OUTPUTS)}")
         return self
 
     @property
@@ -118,11 +133,15 @@ class PretrainConfig(StrictModel):
         return self.epochs // self.epochs_per_eval
 
 
-def _format_validation_error(error: ValidationError, model: type) -> str:
+def format_validation_error(error: ValidationError, model: Optional[type], prefix: str = "") -> str:
+    """One line per error, each naming its key (as written on the command line, with `prefix`);
+    an unknown key gets the closest known key of `model` (the pydantic class that was validated)."""
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"])
-        if item["type"] == "extra_forbidden":
+        key = prefix + ".".join(str(part) for part in item["loc"])
+        if item["type"] == "extra_forbidden" and model is None:
+            lines.append(f"  {key}: unknown key.")
+        elif item["type"] == "extra_forbidden":
             known = _known_keys(model, item["loc"][:-1])
             guess = difflib.get_close_matches(str(item["loc"][-1]), known, n=1)
             hint = f" Did you mean '{guess[0]}'?" if guess else f" Known keys here: {', '.join(sorted(known))}."
@@ -140,11 +159,18 @@ def _known_keys(model: type, path) -> List[str]:
     return list(model.model_fields)
 
 
+def environment_overrides(environ) -> List[str]:
+    """The original's environment switch as the config key it stands for: DISABLE_COMPILE (set to
+    anything) is compile=false. Entry points read the environment once and append these overrides,
+    so the saved config records them."""
+    return ["compile=false"] if "DISABLE_COMPILE" in environ else []
+
+
 def validate_config(raw: dict) -> PretrainConfig:
     try:
         return PretrainConfig(**raw)
     except ValidationError as error:
-        raise ConfigError("Invalid training config:\n" + _format_validation_error(error, PretrainConfig)) from None
+        raise ConfigError("Invalid training config:\n" + format_validation_error(error, PretrainConfig)) from None
 
 
 def load_config(overrides: List[str], config_name: str = "cfg_pretrain") -> PretrainConfig:
@@ -247,4 +273,4 @@ def read_saved_config(folder: str) -> PretrainConfig:
     try:
         return PretrainConfig(**raw)
     except ValidationError as error:
-        raise ConfigError(f"{path} is not a valid training config:\n" + _format_validation_error(error, PretrainConfig)) from None
+        raise ConfigError(f"{path} is not a valid training config:\n" + format_validation_error(error, PretrainConfig)) from None

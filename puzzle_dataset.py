@@ -1,4 +1,4 @@
-"""Reading a built dataset (SPEC section 3): validation on open, seeded training batches, test pass.
+"""Reading a built dataset (docs/datasets.md, "Format" and "Loader"): validation on open, seeded training batches, test pass.
 
 Every rank builds the same global batch from the same seeded RNG and keeps its own slice
 `[rank * local : (rank + 1) * local]`, so the slices of all ranks together are the 1-rank batch.

@@ -92,7 +92,7 @@ ConfigT = TypeVar("ConfigT", bound=BaseModel)
 def _add_argument_list_replaces_default(parser, *names, **kwargs):
     """pydantic-settings adds list fields with argparse's `append`; `extend` with nargs="+" also
     accepts the original's space-separated form (`--dataset-dirs A B`). The parsed list replaces
-    the field default rather than extending it (the original's argdantic flaw, SPEC section 2)."""
+    the field default; the original's argdantic appended to it (docs/datasets.md, "Commands")."""
     if kwargs.get("action") == "append":
         kwargs["action"] = "extend"
         kwargs["nargs"] = "+"
@@ -162,9 +162,15 @@ def resolve_source_csv(source_repo: str, split: str) -> str:
             f"sapientinc/sudoku-extreme"
         )
     from huggingface_hub import hf_hub_download  # only needed (and slow to import) for downloads
+    from huggingface_hub.utils import HFValidationError
 
     try:
         return hf_hub_download(source_repo, file_name, repo_type="dataset")
+    except HFValidationError as error:  # the Hub's own id rules (characters, length), checked before any request
+        raise DatasetError(
+            f"--source-repo {source_repo!r} is not a valid Hugging Face dataset id ({error}); pass a folder that "
+            f"exists holding train.csv and test.csv, or a dataset id such as sapientinc/sudoku-extreme"
+        ) from error
     except OSError as error:  # network and Hub errors (not found, offline, gated) are all OSErrors
         raise DatasetError(
             f"could not download {file_name} of the Hugging Face dataset {source_repo} ({error}); check the "

@@ -22,8 +22,11 @@ def read_curves(path: str) -> dict:
     """Per metric, the (step, minutes, value) points of a metrics.jsonl file, in step order."""
     curves = {"train/lm_loss": [], "train/exact_accuracy": [], "all/exact_accuracy": [], "all/accuracy": []}
     with (gzip.open(path, "rt") if path.endswith(".gz") else open(path)) as file:
-        for line in file:
-            record = json.loads(line)
+        for line_number, line in enumerate(file, start=1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path} line {line_number} is not JSON ({error}): is it a pretrain.py metrics.jsonl?") from error
             minutes = record.get("time/elapsed_seconds", 0.0) / 60
             for key, points in curves.items():
                 if key == "train/exact_accuracy" and record.get("train/count") == 0:
@@ -88,7 +91,13 @@ def main() -> None:
     parser.add_argument("--smooth", type=int, default=0,
                         help="average the train curves over blocks of N steps (default 0: 1 %% of the steps; 1: raw)")
     args = parser.parse_args()
-    plot_curves(read_curves(args.metrics), args.output, args.title or args.metrics, args.smooth)
+    if args.smooth < 0:
+        parser.error(f"--smooth must be 0 (automatic) or a number of steps, got {args.smooth}")
+    try:
+        curves = read_curves(args.metrics)
+        plot_curves(curves, args.output, args.title or args.metrics, args.smooth)
+    except (OSError, ValueError) as error:  # a missing or malformed metrics file, or an output path that cannot be written
+        raise SystemExit(f"{parser.prog}: error: {error}") from None
 
 
 if __name__ == "__main__":

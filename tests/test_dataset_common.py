@@ -155,6 +155,27 @@ def test_resolve_source_csv_downloads_hub_ids_and_explains_failures(monkeypatch)
     assert calls == [("sapientinc/sudoku-extreme", "train.csv", "dataset"), ("sapientinc/sudoku-extreme", "test.csv", "dataset")]
 
 
+def test_resolve_source_csv_explains_an_invalid_hub_id_without_network_access(monkeypatch):
+    import socket
+
+    # Any attempt to reach the network is recorded and fails, so a passing test shows the id was
+    # refused before a request.
+    connections = []
+
+    def refuse_connection(*arguments, **keywords):
+        connections.append(arguments)
+        raise OSError("network access in a test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse_connection)
+    monkeypatch.setattr(socket.socket, "connect", refuse_connection)
+    # Two parts separated by one slash pass the local 'owner/name' check; the Hub's rules refuse the space and '!'.
+    with pytest.raises(DatasetError, match=r"--source-repo 'my data/x!' is not a valid Hugging Face dataset id \(.+\); "
+                                           r"pass a folder that exists holding train.csv and test.csv, or a dataset id "
+                                           r"such as sapientinc/sudoku-extreme"):
+        resolve_source_csv("my data/x!", "train")
+    assert connections == []
+
+
 # -- command line -------------------------------------------------------------------------------
 
 
@@ -166,7 +187,7 @@ def test_given_list_flag_replaces_the_default():
     assert parse_cli(ArcBuildConfig, [], prog="x").dataset_dirs == ["dataset/raw-data/ARC-AGI/data", "dataset/raw-data/ConceptARC/corpus"]
 
 
-def test_spec_flags_parse_with_original_defaults():
+def test_builder_flags_parse_with_original_defaults():
     sudoku = parse_cli(SudokuBuildConfig, ["--output-dir", "d", "--subsample-size", "1000", "--num-aug", "1000"], prog="x")
     assert (sudoku.source_repo, sudoku.output_dir, sudoku.subsample_size, sudoku.min_difficulty, sudoku.num_aug) == (
         "sapientinc/sudoku-extreme", "d", 1000, None, 1000)

@@ -106,13 +106,25 @@ def test_backend_is_sdpa_off_gpu_or_in_float32():
     assert _find_backend("cuda", 0, torch.bfloat16, 60) == "sdpa"
 
 
-def test_cpu_use_never_imports_flash_attention():
+def test_cpu_use_never_imports_flash_attention(monkeypatch):
+    import models.layers as layers
     from tests.test_model_act import SMALL, make_batch, make_head
+
+    # A recorder in place of the one function that imports flash-attn; an empty backend cache so this
+    # run chooses its backend afresh instead of reusing another test's choice; and the packages made
+    # unimportable, so an import that bypasses _import_flash fails here whether or not they are installed.
+    imported_backends = []
+    monkeypatch.setattr(layers, "_import_flash", lambda backend: imported_backends.append(backend))
+    monkeypatch.setattr(layers, "_backend_cache", {})
+    for package in ("flash_attn", "flash_attn_interface"):
+        monkeypatch.setitem(sys.modules, package, None)
 
     head = make_head().train()
     batch = make_batch(SMALL)
     head(carry=head.initial_carry(batch), batch=batch, return_keys=[])[1].backward()
-    assert not {"flash_attn", "flash_attn_interface"} & set(sys.modules)
+    assert imported_backends == []
+    # The forward pass did choose an attention backend, so the recorder was on its path.
+    assert layers._backend_cache and set(layers._backend_cache.values()) == {"sdpa"}
 
 
 def test_flash_backends_are_chosen_by_gpu_generation(monkeypatch):

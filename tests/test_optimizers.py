@@ -15,7 +15,7 @@ LRS = [0.0, 1e-3, 2e-3, 3e-3, 3e-3, 2.5e-3, 2e-3, 1e-3, 5e-4, 1e-4]
 
 
 def transcribed_rule(params, grads_per_step, lrs, betas, weight_decay):
-    """SPEC section 6, in float64, one tensor at a time."""
+    """The update rule of docs/model.md ("Optimisers"), in float64, one tensor at a time."""
     b1, b2 = betas
     params = [p.double().clone() for p in params]
     m = [torch.zeros_like(p) for p in params]

@@ -1,8 +1,10 @@
 """The recipe scripts (scripts/reproduce_{sudoku,maze}_1k.sh) end to end on a CPU, with the recipe's
-keys overridden down to a tiny model and a few steps: build the data, train, evaluate, plot."""
+keys overridden down to a tiny model and a few steps: build the data, train, evaluate, plot; and the
+plot script's one-line errors for a bad metrics file."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -69,3 +71,29 @@ def test_scripts_pass_the_paper_recipe(script):
     for key in ("epochs=20000", "eval_interval=2000", "lr=1e-4", "puzzle_emb_lr=1e-4", "weight_decay=1.0",
                 "puzzle_emb_weight_decay=1.0", "resume=true"):
         assert key in text.split()
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"step": 1, "all/exact_accuracy": 0.5}\n', r"holds no training metrics \(train/lm_loss\): is it a pretrain.py metrics.jsonl\?"),
+    ('{"step": 1, "train/lm_loss": 2.0}\nnot json\n', r"line 2 is not JSON \(.+\): is it a pretrain.py metrics.jsonl\?"),
+    (None, r"No such file or directory: '[^']*metrics.jsonl'"),
+], ids=["no-training-metrics", "not-json", "missing-file"])
+def test_plot_metrics_reports_a_bad_metrics_file_in_one_line(tmp_path, content, message):
+    metrics = tmp_path / "metrics.jsonl"
+    if content is not None:
+        metrics.write_text(content)
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "plot_metrics.py"), str(metrics),
+                             "--output", str(tmp_path / "curves.png")], cwd=ROOT, check=False, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert re.fullmatch(rf"plot_metrics.py: error: .*{message}\n", result.stderr)
+    assert not (tmp_path / "curves.png").exists()
+
+
+def test_plot_metrics_refuses_a_negative_smooth(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"step": 1, "train/lm_loss": 2.0}\n')
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "plot_metrics.py"), str(metrics),
+                             "--output", str(tmp_path / "curves.png"), "--smooth", "-1"], cwd=ROOT, check=False, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "plot_metrics.py: error: --smooth must be 0 (automatic) or a number of steps, got -1" in result.stderr

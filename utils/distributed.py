@@ -133,13 +133,6 @@ def gather_objects(value: Any, context: DistributedContext) -> List[Any]:
     return gathered
 
 
-def sum_to_main(tensor: torch.Tensor, context: DistributedContext) -> torch.Tensor:
-    """Sum `tensor` over ranks onto rank 0 (other ranks keep a partial sum)."""
-    if context.is_distributed:
-        dist.reduce(tensor, dst=0)
-    return tensor
-
-
 def barrier(context: DistributedContext) -> None:
     if context.is_distributed:
         dist.barrier()

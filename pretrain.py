@@ -30,6 +30,7 @@ from models.sparse_embedding import CastedSparseEmbeddingSignSGD_Distributed
 from models.state_dict import load_model_state_dict
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
 from utils.checkpoint import (
+    CheckpointError,
     carry_from_state,
     carry_to_state,
     checkpoint_path_for_step,
@@ -65,7 +66,7 @@ from utils.distributed import (
     distributed_session,
     end_process,
 )
-from utils.logging import RunLogger, SilentLogger
+from utils.logging import MetricsFileError, RunLogger, SilentLogger
 
 
 class NonFiniteLossError(RuntimeError):
@@ -576,7 +577,7 @@ def main() -> None:
         return
     try:
         launch(sys.argv[1:] + environment_overrides(os.environ))
-    except (ConfigError, DatasetError, NonFiniteLossError, FileNotFoundError) as error:
+    except (ConfigError, DatasetError, NonFiniteLossError, FileNotFoundError, CheckpointError, MetricsFileError) as error:
         print(f"error: {error}", file=sys.stderr)
         end_process(1)
     end_process(0)

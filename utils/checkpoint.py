@@ -8,11 +8,15 @@ A checkpoint `step_N.pt` is one dict:
   rng         the torch RNG states of every rank
   loader      the training loader's position (next batch to read)
   config      the run's resolved config
-The original saved only the weights, as `step_N` (no suffix); `load_weights` reads both kinds.
+The original saved only the weights, as `step_N` (no suffix); `weights_from_checkpoint` reads both kinds.
+Both hold only tensors and plain Python values, so they load with `torch.load(weights_only=True)`,
+which runs no code from the file (safe for downloaded checkpoints).
 """
 
 import dataclasses
+import errno
 import os
+import pickle
 import re
 from typing import Any, Dict, List, Optional
 
@@ -20,6 +24,16 @@ import torch
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)\.pt$")
 ORIGINAL_WEIGHTS_PATTERN = re.compile(r"^step_(\d+)$")
+
+# What torch.load raises for an empty, truncated, corrupt or non-checkpoint file, found by trying such
+# files: the zip reader, the weights-only unpickler and the legacy format each fail in their own way.
+UNREADABLE_CHECKPOINT_ERRORS = (
+    pickle.UnpicklingError, EOFError, RuntimeError, ValueError, IndexError, KeyError, TypeError, AttributeError,
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message names the file and what to do."""
 
 
 def checkpoint_path_for_step(folder: str, step: int) -> str:
@@ -39,9 +53,15 @@ def list_checkpoints(folder: str) -> List[str]:
 
 
 def save_atomically(state: Dict[str, Any], path: str) -> None:
-    """Write to a temporary name, then rename: a reader never sees a partial checkpoint."""
+    """Write to a temporary name, then rename: a reader never sees a partial checkpoint.
+
+    The data reaches the disk before the rename, so a crash of the host cannot leave the newest
+    checkpoint empty or truncated either."""
     partial_path = f"{path}.partial"
-    torch.save(state, partial_path)
+    with open(partial_path, "wb") as file:
+        torch.save(state, file)
+        file.flush()
+        os.fsync(file.fileno())
     os.replace(partial_path, path)
 
 
@@ -61,7 +81,35 @@ def step_from_filename(path: str) -> Optional[int]:
 def load_checkpoint(path: str) -> Dict[str, Any]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as error:
+        # The zip reader seeks past the end of a truncated file (EINVAL); other OS errors, such as
+        # a missing permission, are not about the file's contents and keep their own message.
+        if error.errno != errno.EINVAL:
+            raise
+        raise _unreadable_checkpoint(path, error) from error
+    except UNREADABLE_CHECKPOINT_ERRORS as error:
+        raise _unreadable_checkpoint(path, error) from error
+
+
+def _unreadable_checkpoint(path: str, error: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {_first_sentence(error)}. "
+        "Pick another checkpoint (step_N.pt), or delete this one (a resumed run then continues from the one before it)."
+    )
+
+
+def _first_sentence(error: Exception) -> str:
+    """The gist of torch's message, which can run to several paragraphs."""
+    message = str(error)
+    # The weights-only unpickler wraps its reason in advice to load without weights_only, which
+    # would run code from the file: keep only the reason.
+    _, marker, reason = message.partition("WeightsUnpickler error:")
+    if marker:
+        message = reason
+    sentence = message.strip().split("\n")[0].split(". ")[0].rstrip(".")
+    return f"{type(error).__name__}: {sentence}" if sentence else type(error).__name__
 
 
 def weights_from_checkpoint(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:

@@ -1,6 +1,7 @@
 """Where metrics go: `metrics.jsonl` in the run folder always, Weights & Biases when enabled.
 
-Only the main rank logs; other ranks get a logger whose calls do nothing.
+Only the main rank logs; other ranks get a logger whose calls do nothing. `write_text_atomically`
+is how the run's text files (and utils.arc_score's results) are written.
 """
 
 import json
@@ -11,6 +12,10 @@ from typing import Dict, Optional
 
 METRICS_FILE_NAME = "metrics.jsonl"
 WANDB_ID_FILE_NAME = "wandb_run_id.txt"
+
+
+class MetricsFileError(ValueError):
+    """A metrics file that cannot be read back; the message names the file, the line and the fix."""
 
 
 class RunLogger:
@@ -58,9 +63,19 @@ def _wandb_run_id(folder: str, start_step: int) -> str:
         with open(path) as file:
             return file.read().strip()
     run_id = secrets.token_hex(4)
-    with open(path, "w") as file:
-        file.write(run_id)
+    write_text_atomically(path, run_id)
     return run_id
+
+
+def write_text_atomically(path: str, text: str) -> None:
+    """Write to a temporary name in the same folder, flush it to disk, then rename: neither a reader
+    nor a crash (of the process or the host) leaves the file half-written."""
+    partial_path = f"{path}.partial"
+    with open(partial_path, "w") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(partial_path, path)
 
 
 def _plain_number(value) -> Optional[float]:
@@ -72,14 +87,23 @@ def _drop_lines_after(path: str, step: int) -> None:
     """A resumed run repeats the steps after its checkpoint: forget what the stopped run logged for them."""
     if not os.path.exists(path):
         return
-    with open(path) as file:
-        kept = [line for line in file if line.strip() and json.loads(line)["step"] <= step]
-    partial_path = f"{path}.partial"
-    with open(partial_path, "w") as file:
-        file.writelines(kept)
-    os.replace(partial_path, path)
+    kept = [json.dumps(record) + "\n" for record in read_metrics(path) if record["step"] <= step]
+    write_text_atomically(path, "".join(kept))
 
 
 def read_metrics(path: str) -> list:
+    """The records of a metrics file, leaving out a last line that a killed process left half-written."""
     with open(path) as file:
-        return [json.loads(line) for line in file if line.strip()]
+        numbered_lines = [(number, line) for number, line in enumerate(file, start=1) if line.strip()]
+    records = []
+    for number, line in numbered_lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if number != numbered_lines[-1][0]:
+                raise MetricsFileError(
+                    f"{path}, line {number}, is not a JSON record ({error.msg} at column {error.colno}). "
+                    "Delete or repair that line, then run again."
+                ) from None
+            print(f"{path}: left out its last line, which was only partly written (the process was stopped mid-write)")
+    return records

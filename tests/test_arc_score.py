@@ -263,6 +263,19 @@ def test_ranks_interleaved_newest_step_blank_rows_and_logits(dataset, tmp_path, 
     assert saved["tasks"]["one"]["solved_at"]["2"] is True
 
 
+def test_files_of_two_evaluations_in_one_folder_are_refused(dataset, tmp_path):
+    # An evaluation over 2 processes, then one over 1 process into the same folder: the stale rank
+    # file 1 repeats rows of the new rank file 0, whose votes would count twice.
+    root, ids = dataset
+    rows = [aug_row("rot", 6, ROT_IN[1], ROT_OUT[1], 0.0), aug_row("one", 1, ONE_IN, ONE_OUT, 0.0)]
+    write_preds(tmp_path / "step_20_all_preds.0", ids, rows)
+    write_preds(tmp_path / "step_20_all_preds.1", ids, rows[1:])
+    with pytest.raises(ValueError, match="step_20_all_preds.0 and .*step_20_all_preds.1 hold the same predictions"):
+        load_predictions([str(tmp_path)])
+    write_preds(tmp_path / "step_20_all_preds.1", ids, [aug_row("one", 0, ONE_IN, ONE_OUT, 0.0)])
+    assert len(load_predictions([str(tmp_path)]).puzzle_identifiers) == 3
+
+
 def test_command_line_error_is_one_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "utils.arc_score", str(tmp_path), "--dataset", str(tmp_path)],
                           capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -30,6 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from dataset.common import inverse_dihedral_transform
+from utils.logging import write_text_atomically
 
 PASS_AT_K = (1, 2, 5, 10, 100, 1000)
 
@@ -160,12 +161,36 @@ def _load_file(file: str) -> Dict[str, np.ndarray]:
     }
 
 
+def _row_keys(part: Dict[str, np.ndarray]) -> np.ndarray:
+    """One int64 per row of (puzzle identifier, input tokens), equal for equal rows (a hash: equal keys
+    of different rows are possible but, with 64 bits, not to be expected)."""
+    weights = np.random.default_rng(0).integers(1, 2**62, size=part["inputs"].shape[1], dtype=np.int64)
+    with np.errstate(over="ignore"):  # the sums wrap around, as a hash may
+        return part["inputs"].astype(np.int64) @ weights + part["puzzle_identifiers"] * np.int64(1_000_003)
+
+
+def _refuse_rows_in_two_files(parts: List[Dict[str, np.ndarray]], files: List[str]) -> None:
+    """The rank files of one evaluation hold disjoint rows. The same rows in two files mean files of
+    two evaluations (say 8 processes, then 1, into one folder), whose votes would count twice."""
+    owner: Dict[int, int] = {}
+    for index, part in enumerate(parts):
+        keep = part["puzzle_identifiers"] != BLANK_IDENTIFIER
+        for key in np.unique(_row_keys(part)[keep]).tolist():
+            if owner.setdefault(key, index) != index:
+                raise ValueError(
+                    f"{files[owner[key]]} and {files[index]} hold the same predictions: they come from two evaluations "
+                    "(e.g. with different numbers of processes into one folder). Delete the older files, or name the "
+                    "files of one evaluation on the command line."
+                )
+
+
 def load_predictions(paths: Sequence[str]) -> Predictions:
     """Read and concatenate the prediction files named by `paths` (files or checkpoint folders)."""
     files = [file for path in paths for file in find_prediction_files(path)]
     if not files:
         raise ValueError("no prediction files given")
     parts = [_load_file(file) for file in files]
+    _refuse_rows_in_two_files(parts, files)
     merged = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
     for key in ("inputs", "preds"):
         if merged[key].ndim != 2 or merged[key].shape[1] != GRID_SIZE * GRID_SIZE:
@@ -420,8 +445,7 @@ def submission(results: ArcResults) -> Dict[str, List[Dict[str, List[List[int]]]
 
 
 def write_submission(results: ArcResults, path: str) -> None:
-    with open(path, "w") as f:
-        json.dump(submission(results), f)
+    write_text_atomically(path, json.dumps(submission(results)))
 
 
 def plot_task(task: TaskResult, top: int = 3):
@@ -475,8 +499,7 @@ def main(argv: Optional[Sequence[str]] = None) -> ArcResults:
     results = score(load_predictions(args.paths), args.dataset)
     print(results.summary())
     if args.output:
-        with open(args.output, "w") as f:
-            json.dump(results.to_json(args.candidates), f, indent=1)
+        write_text_atomically(args.output, json.dumps(results.to_json(args.candidates), indent=1))
     if args.submission:
         write_submission(results, args.submission)
     return results

@@ -9,7 +9,7 @@ import pytest
 
 from dataset.build_arc_dataset import ArcBuildConfig, build_arc_dataset
 from dataset.common import DatasetError, inverse_dihedral_transform
-from tests.dataset_helpers import assert_int32_fields, load_field, load_json
+from tests.dataset_files import assert_int32_fields, load_field, load_json
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARC_AGI = os.path.join(REPO_ROOT, "dataset", "raw-data", "ARC-AGI", "data")

@@ -7,7 +7,7 @@ import pytest
 
 from dataset.build_maze_dataset import MazeBuildConfig, build_maze_dataset
 from dataset.common import DatasetError
-from tests.dataset_helpers import assert_int32_fields, load_field, load_json, write_source
+from tests.dataset_files import assert_int32_fields, load_field, load_json, write_source
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(REPO_ROOT, "dataset", "samples", "maze-30x30-hard")

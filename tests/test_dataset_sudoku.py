@@ -9,7 +9,7 @@ import pytest
 
 from dataset.build_sudoku_dataset import SudokuBuildConfig, build_sudoku_dataset
 from dataset.common import DatasetError
-from tests.dataset_helpers import load_field, load_json, write_source
+from tests.dataset_files import load_field, load_json, write_source
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES = os.path.join(REPO_ROOT, "dataset", "samples", "sudoku-extreme")

@@ -14,7 +14,7 @@ import yaml
 
 import evaluate
 import pretrain
-from tests.training_helpers import REPO_ROOT, build_tiny_sudoku, tiny_overrides, training_environment
+from tests.tiny_runs import REPO_ROOT, build_tiny_sudoku, tiny_overrides, training_environment
 from utils.checkpoint import list_checkpoints
 from utils.config import ConfigError, environment_overrides
 from utils.distributed import DistributedContext

@@ -214,10 +214,10 @@ class _TestSplit:
             if not os.path.isfile(required):
                 raise FileNotFoundError(f"{required} not found; --dataset must be a folder built by "
                                         "dataset/build_arc_dataset.py (e.g. data/arc-aug-1000)")
-        with open(os.path.join(dataset_dir, "identifiers.json")) as f:
-            self.names: List[str] = json.load(f)
-        with open(os.path.join(split_dir, "dataset.json")) as f:
-            metadata = json.load(f)
+        with open(os.path.join(dataset_dir, "identifiers.json")) as file:
+            self.names: List[str] = json.load(file)
+        with open(os.path.join(split_dir, "dataset.json")) as file:
+            metadata = json.load(file)
         if metadata["seq_len"] != GRID_SIZE * GRID_SIZE:
             raise ValueError(f"{dataset_dir} has seq_len {metadata['seq_len']}, not 900: not an ARC dataset")
 
@@ -255,8 +255,8 @@ class _TestSplit:
     def grids(self, identifier: int, kind: str) -> List[np.ndarray]:
         """Un-augmented input or label grids of one puzzle's examples, in order."""
         array = (self.inputs if kind == "inputs" else self.labels)[self.set_of[identifier]]
-        s = self.start[identifier]
-        rows = np.asarray(array[s:s + self.count[identifier]])
+        first = self.start[identifier]
+        rows = np.asarray(array[first:first + self.count[identifier]])
         parsed = self.parsed[identifier]
         grids = []
         for grid in crop_grids(rows):
@@ -335,7 +335,7 @@ class TaskResult:
     test_inputs: List[TestInputResult]
 
     def solved_at(self, k: int) -> bool:
-        return all(t.correct_rank is not None and t.correct_rank <= k for t in self.test_inputs)
+        return all(test.correct_rank is not None and test.correct_rank <= k for test in self.test_inputs)
 
 
 @dataclass
@@ -358,7 +358,7 @@ class ArcResults:
         width = max([len(name) for name in self.tasks] + [4])
         lines = [f"{'task':<{width}}  pass@1  pass@2  answer rank / candidates per test input"]
         for name, task in self.tasks.items():
-            ranks = "  ".join(f"{t.correct_rank or '-'}/{len(t.candidates)}" for t in task.test_inputs)
+            ranks = "  ".join(f"{test.correct_rank or '-'}/{len(test.candidates)}" for test in task.test_inputs)
             lines.append(f"{name:<{width}}  {'yes' if task.solved_at(1) else 'no':<6}  "
                          f"{'yes' if task.solved_at(2) else 'no':<6}  {ranks}")
         return "\n".join(lines)
@@ -374,15 +374,15 @@ class ArcResults:
                 name: {
                     "solved_at": {str(k): task.solved_at(k) for k in self.pass_at},
                     "test_inputs": [{
-                        "index": t.index,
-                        "correct_rank": t.correct_rank,
-                        "num_candidates": len(t.candidates),
-                        "num_votes": sum(c.votes for c in t.candidates),
-                        "num_uncroppable": t.num_uncroppable,
-                        "target": grid_to_list(t.target),
-                        "top": [{"grid": grid_to_list(c.grid), "votes": c.votes, "mean_q": c.mean_q}
-                                for c in t.candidates[:max_candidates]],
-                    } for t in task.test_inputs],
+                        "index": test.index,
+                        "correct_rank": test.correct_rank,
+                        "num_candidates": len(test.candidates),
+                        "num_votes": sum(candidate.votes for candidate in test.candidates),
+                        "num_uncroppable": test.num_uncroppable,
+                        "target": grid_to_list(test.target),
+                        "top": [{"grid": grid_to_list(candidate.grid), "votes": candidate.votes, "mean_q": candidate.mean_q}
+                                for candidate in test.candidates[:max_candidates]],
+                    } for test in task.test_inputs],
                 } for name, task in self.tasks.items()
             },
         }
@@ -391,7 +391,7 @@ class ArcResults:
 def _rank(votes: Dict[bytes, list]) -> List[Candidate]:
     candidates = [Candidate(grid=grid, votes=count, mean_q=q_sum / count) for grid, count, q_sum in votes.values()]
     # Stable sort: exact ties keep the order in which the grids were first predicted.
-    candidates.sort(key=lambda c: (c.votes, c.mean_q), reverse=True)
+    candidates.sort(key=lambda candidate: (candidate.votes, candidate.mean_q), reverse=True)
     return candidates
 
 
@@ -428,7 +428,7 @@ def score(predictions: Predictions, dataset_dir: str, ks: Sequence[int] = PASS_A
                             num_uncroppable=uncroppable.get((task, j), 0))
             for j in range(len(targets))
         ])
-    pass_at = {k: (sum(t.solved_at(k) for t in tasks.values()) / len(tasks) if tasks else 0.0) for k in ks}
+    pass_at = {k: (sum(task.solved_at(k) for task in tasks.values()) / len(tasks) if tasks else 0.0) for k in ks}
     return ArcResults(tasks=tasks, pass_at=pass_at, num_predictions=len(positions), files=list(predictions.files))
 
 
@@ -437,8 +437,8 @@ def submission(results: ArcResults) -> Dict[str, List[Dict[str, List[List[int]]]
     out = {}
     for name, task in results.tasks.items():
         entries = []
-        for t in task.test_inputs:
-            top = [grid_to_list(c.grid) for c in t.candidates[:2]] or [[[0]]]
+        for test in task.test_inputs:
+            top = [grid_to_list(candidate.grid) for candidate in test.candidates[:2]] or [[[0]]]
             entries.append({"attempt_1": top[0], "attempt_2": top[-1]})
         out[name] = entries
     return out
@@ -457,12 +457,12 @@ def plot_task(task: TaskResult, top: int = 3):
     columns = 2 + top
     fig, axes = plt.subplots(len(task.test_inputs), columns, figsize=(2.2 * columns, 2.5 * len(task.test_inputs)),
                              squeeze=False)
-    for row, t in zip(axes, task.test_inputs):
-        panels = [(f"test input {t.index}", t.input, "black"), ("true output", t.target, "black")]
-        for rank, c in enumerate(t.candidates[:top], start=1):
-            right = rank == t.correct_rank
-            votes = f"{c.votes} vote" + ("s" if c.votes != 1 else "")
-            panels.append((f"#{rank}: {votes}, q {c.mean_q:.2f}", c.grid, "green" if right else "red"))
+    for row, test in zip(axes, task.test_inputs):
+        panels = [(f"test input {test.index}", test.input, "black"), ("true output", test.target, "black")]
+        for rank, candidate in enumerate(test.candidates[:top], start=1):
+            right = rank == test.correct_rank
+            votes = f"{candidate.votes} vote" + ("s" if candidate.votes != 1 else "")
+            panels.append((f"#{rank}: {votes}, q {candidate.mean_q:.2f}", candidate.grid, "green" if right else "red"))
         for ax in row:
             ax.set_xticks([])
             ax.set_yticks([])

@@ -204,7 +204,7 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
         self, carry: HierarchicalReasoningModel_ACTV1InnerCarry, batch: Dict[str, torch.Tensor]
     ) -> Tuple[HierarchicalReasoningModel_ACTV1InnerCarry, torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         cos_sin = self.rotary_emb() if self.config.pos_encodings == "rope" else None
-        x = self._input_embeddings(batch["inputs"], batch["puzzle_identifiers"])
+        input_embeddings = self._input_embeddings(batch["inputs"], batch["puzzle_identifiers"])
         H_cycles, L_cycles = self.config.H_cycles, self.config.L_cycles
 
         # All updates but the final L and H ones run without gradient.
@@ -213,12 +213,12 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
             for h in range(H_cycles):
                 for l in range(L_cycles):
                     if not (h == H_cycles - 1 and l == L_cycles - 1):
-                        z_L = self.L_level(z_L, z_H + x, cos_sin)
+                        z_L = self.L_level(z_L, z_H + input_embeddings, cos_sin)
                 if h != H_cycles - 1:
                     z_H = self.H_level(z_H, z_L, cos_sin)
 
         # One-step gradient: backpropagate through the last L and H updates only.
-        z_L = self.L_level(z_L, z_H + x, cos_sin)
+        z_L = self.L_level(z_L, z_H + input_embeddings, cos_sin)
         z_H = self.H_level(z_H, z_L, cos_sin)
 
         new_carry = HierarchicalReasoningModel_ACTV1InnerCarry(z_H=z_H.detach(), z_L=z_L.detach())

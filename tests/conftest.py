@@ -2,6 +2,7 @@
 
 import os
 
+import pytest
 import torch
 
 # Without a CUDA GPU, Triton kernels run in Triton's CPU interpreter, so their tests check the same
@@ -9,3 +10,23 @@ import torch
 # any test imports a kernel module.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture
+def disk_events(monkeypatch) -> list:
+    """Every os.fsync (with the file's size) and os.replace of the test, in order: how atomic writes
+    are checked to reach the disk before the rename."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def recording_fsync(descriptor):
+        events.append(("fsync", os.fstat(descriptor).st_size))
+        real_fsync(descriptor)
+
+    def recording_replace(source, destination):
+        events.append(("replace", os.path.basename(source), os.path.basename(destination)))
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    return events

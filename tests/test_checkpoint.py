@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from models.optimizers import AdamATan2
-from utils import checkpoint as checkpoint_module
 from utils.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -114,22 +113,9 @@ def test_a_folder_is_not_called_a_corrupt_checkpoint(tmp_path):
         load_checkpoint(str(tmp_path))
 
 
-def test_save_reaches_the_disk_before_the_rename(tmp_path, monkeypatch):
-    events = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def recording_fsync(descriptor):
-        events.append(("fsync", os.fstat(descriptor).st_size))
-        real_fsync(descriptor)
-
-    def recording_replace(source, destination):
-        events.append(("replace", os.path.basename(source), os.path.basename(destination)))
-        real_replace(source, destination)
-
-    monkeypatch.setattr(checkpoint_module.os, "fsync", recording_fsync)
-    monkeypatch.setattr(checkpoint_module.os, "replace", recording_replace)
+def test_save_reaches_the_disk_before_the_rename(tmp_path, disk_events):
     path = str(tmp_path / "step_1.pt")
     save_atomically(full_checkpoint(), path)
 
-    assert events == [("fsync", os.path.getsize(path)), ("replace", "step_1.pt.partial", "step_1.pt")]
+    assert disk_events == [("fsync", os.path.getsize(path)), ("replace", "step_1.pt.partial", "step_1.pt")]
     assert os.listdir(tmp_path) == ["step_1.pt"]

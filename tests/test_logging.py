@@ -70,39 +70,19 @@ def test_a_bad_line_in_the_middle_names_the_file_and_line(tmp_path):
     assert pathlib.Path(path).read_text() == "".join(lines)
 
 
-def record_disk_events(monkeypatch) -> list:
-    """Make the module's fsync and rename calls append to the returned list, in order."""
-    events = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def recording_fsync(descriptor):
-        events.append(("fsync", os.fstat(descriptor).st_size))
-        real_fsync(descriptor)
-
-    def recording_replace(source, destination):
-        events.append(("replace", os.path.basename(source), os.path.basename(destination)))
-        real_replace(source, destination)
-
-    monkeypatch.setattr(logging_module.os, "fsync", recording_fsync)
-    monkeypatch.setattr(logging_module.os, "replace", recording_replace)
-    return events
-
-
-def test_a_new_run_stores_its_wandb_id_atomically_and_a_resumed_one_reuses_it(tmp_path, monkeypatch):
-    events = record_disk_events(monkeypatch)
+def test_a_new_run_stores_its_wandb_id_atomically_and_a_resumed_one_reuses_it(tmp_path, disk_events):
     new_id = logging_module._wandb_run_id(str(tmp_path), start_step=0)
-    assert events == [("fsync", len(new_id)), ("replace", f"{WANDB_ID_FILE_NAME}.partial", WANDB_ID_FILE_NAME)]
+    assert disk_events == [("fsync", len(new_id)), ("replace", f"{WANDB_ID_FILE_NAME}.partial", WANDB_ID_FILE_NAME)]
     assert (tmp_path / WANDB_ID_FILE_NAME).read_text() == new_id
     assert logging_module._wandb_run_id(str(tmp_path), start_step=7) == new_id
     assert sorted(os.listdir(tmp_path)) == [WANDB_ID_FILE_NAME]
 
 
-def test_text_reaches_the_disk_before_the_rename(tmp_path, monkeypatch):
-    events = record_disk_events(monkeypatch)
+def test_text_reaches_the_disk_before_the_rename(tmp_path, disk_events):
     path = tmp_path / "submission.json"
     path.write_text("old contents, longer than the new")
     write_text_atomically(str(path), '{"a": 1}')
 
     assert path.read_text() == '{"a": 1}'
-    assert events == [("fsync", len('{"a": 1}')), ("replace", "submission.json.partial", "submission.json")]
+    assert disk_events == [("fsync", len('{"a": 1}')), ("replace", "submission.json.partial", "submission.json")]
     assert os.listdir(tmp_path) == ["submission.json"]

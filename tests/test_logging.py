@@ -8,13 +8,13 @@ import re
 import pytest
 
 from utils import logging as logging_module
+from utils.files import write_text_atomically
 from utils.logging import (
     METRICS_FILE_NAME,
     WANDB_ID_FILE_NAME,
     MetricsFileError,
     RunLogger,
     read_metrics,
-    write_text_atomically,
 )
 
 

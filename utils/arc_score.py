@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from dataset.common import inverse_dihedral_transform
-from utils.logging import write_text_atomically
+from utils.files import write_text_atomically
 
 PASS_AT_K = (1, 2, 5, 10, 100, 1000)
 

@@ -22,6 +22,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from utils.files import write_atomically
+
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)\.pt$")
 ORIGINAL_WEIGHTS_PATTERN = re.compile(r"^step_(\d+)$")
 
@@ -57,12 +59,7 @@ def save_atomically(state: Dict[str, Any], path: str) -> None:
 
     The data reaches the disk before the rename, so a crash of the host cannot leave the newest
     checkpoint empty or truncated either."""
-    partial_path = f"{path}.partial"
-    with open(partial_path, "wb") as file:
-        torch.save(state, file)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(partial_path, path)
+    write_atomically(path, lambda file: torch.save(state, file), binary=True)
 
 
 def prune_checkpoints(folder: str, keep: Optional[int]) -> None:

@@ -15,6 +15,8 @@ import yaml
 from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from utils.files import write_text_atomically
+
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config")
 SAVED_CONFIG_NAME = "all_config.yaml"
 
@@ -254,10 +256,7 @@ def save_config(config: PretrainConfig, folder: str) -> str:
     """Write the resolved config as YAML, atomically."""
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, SAVED_CONFIG_NAME)
-    partial_path = f"{path}.partial"
-    with open(partial_path, "w") as file:
-        yaml.safe_dump(config.model_dump(), file, sort_keys=False)
-    os.replace(partial_path, path)
+    write_text_atomically(path, yaml.safe_dump(config.model_dump(), sort_keys=False))
     return path
 
 

@@ -1,7 +1,6 @@
 """Where metrics go: `metrics.jsonl` in the run folder always, Weights & Biases when enabled.
 
-Only the main rank logs; other ranks get a logger whose calls do nothing. `write_text_atomically`
-is how the run's text files (and utils.arc_score's results) are written.
+Only the main rank logs; other ranks get a logger whose calls do nothing.
 """
 
 import json
@@ -9,6 +8,8 @@ import math
 import os
 import secrets
 from typing import Dict, Optional
+
+from utils.files import write_text_atomically
 
 METRICS_FILE_NAME = "metrics.jsonl"
 WANDB_ID_FILE_NAME = "wandb_run_id.txt"
@@ -65,17 +66,6 @@ def _wandb_run_id(folder: str, start_step: int) -> str:
     run_id = secrets.token_hex(4)
     write_text_atomically(path, run_id)
     return run_id
-
-
-def write_text_atomically(path: str, text: str) -> None:
-    """Write to a temporary name in the same folder, flush it to disk, then rename: neither a reader
-    nor a crash (of the process or the host) leaves the file half-written."""
-    partial_path = f"{path}.partial"
-    with open(partial_path, "w") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(partial_path, path)
 
 
 def _plain_number(value) -> Optional[float]:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from models.state_dict import load_model_state_dict
 from pretrain import TrainState, build_loss_head, create_dataloader, evaluate, step_function
 from utils.checkpoint import load_checkpoint, step_from_filename, weights_from_checkpoint
-from utils.config import SAVEABLE_OUTPUTS, ConfigError, check_world_size, environment_overrides, read_saved_config, validate_config
+from utils.config import ConfigError, check_saveable_outputs, check_world_size, environment_overrides, read_saved_config, validate_config
 from utils.distributed import DistributedContext, distributed_session, end_process
 
 DEFAULT_SAVE_OUTPUTS = ["inputs", "labels", "puzzle_identifiers", "preds", "q_halt_logits", "q_continue_logits"]
@@ -33,13 +33,7 @@ class EvalConfig(BaseModel):
     global_batch_size: Optional[int] = None  # default: the training run's; set one that the process count divides
     compile: Optional[bool] = None  # default: the training run's (null: on for CUDA, off on CPU)
 
-    @field_validator("save_outputs")
-    @classmethod
-    def known_outputs(cls, names: List[str]) -> List[str]:
-        unknown = [name for name in names if name not in SAVEABLE_OUTPUTS]
-        if unknown:
-            raise ValueError(f"unknown {', '.join(unknown)}; choose from {', '.join(SAVEABLE_OUTPUTS)}")
-        return names
+    known_outputs = field_validator("save_outputs")(check_saveable_outputs)
 
 
 def parse_eval_config(arguments: Sequence[str]) -> EvalConfig:

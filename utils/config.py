@@ -13,7 +13,7 @@ from typing import List, Literal, Optional
 import coolname
 import yaml
 from omegaconf import OmegaConf
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from utils.files import write_text_atomically
 
@@ -52,6 +52,14 @@ class WandbConfig(StrictModel):
 SAVEABLE_OUTPUTS = ("inputs", "labels", "puzzle_identifiers", "logits", "preds", "q_halt_logits", "q_continue_logits")
 
 
+def check_saveable_outputs(names: List[str]) -> List[str]:
+    """A pydantic field check of output names (pretrain.py's eval_save_outputs, evaluate.py's save_outputs)."""
+    unknown = [name for name in names if name not in SAVEABLE_OUTPUTS]
+    if unknown:
+        raise ValueError(f"unknown {', '.join(unknown)}; choose from {', '.join(SAVEABLE_OUTPUTS)}")
+    return names
+
+
 class PretrainConfig(StrictModel):
     arch: ArchConfig
     data_path: str
@@ -88,6 +96,8 @@ class PretrainConfig(StrictModel):
     cuda_graphs: bool = False
     wandb: WandbConfig = WandbConfig()
 
+    known_outputs = field_validator("eval_save_outputs")(check_saveable_outputs)
+
     @model_validator(mode="after")
     def check_values(self) -> "PretrainConfig":
         positive = {"global_batch_size": self.global_batch_size, "gradient_accumulation_steps": self.gradient_accumulation_steps, "epochs": self.epochs}
@@ -121,9 +131,6 @@ class PretrainConfig(StrictModel):
                 raise ValueError(f"{key}={getattr(self, key)} must be in [0, 1) (the defaults are beta1=0.9, beta2=0.95)")
         if not 0 <= self.lr_min_ratio <= 1:
             raise ValueError(f"lr_min_ratio={self.lr_min_ratio} must be in [0, 1]: the cosine schedule ends at lr * lr_min_ratio")
-        unknown = [name for name in self.eval_save_outputs if name not in SAVEABLE_OUTPUTS]
-        if unknown:
-            raise ValueError(f"eval_save_outputs: unknown {', '.join(unknown)}; choose from {', '.join(SAVEABLE_OUTPUTS)}")
         return self
 
     @property

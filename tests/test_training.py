@@ -37,6 +37,11 @@ def run_script(arguments, **kwargs):
     return subprocess.run([sys.executable, *arguments], cwd=REPO_ROOT, env=training_environment(), capture_output=True, text=True, **kwargs)
 
 
+def run_torchrun(processes, arguments):
+    """`torchrun --nproc-per-node processes` of a script and its arguments (gloo on the CPU)."""
+    return run_script(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes), *arguments], timeout=300)
+
+
 def final_weights(folder):
     return torch.load(list_checkpoints(folder)[-1], weights_only=False)
 
@@ -268,8 +273,7 @@ def test_gradient_accumulation_updates_the_puzzle_embeddings_like_the_whole_batc
     whole = train_whole_and_in_two_micro_batches(arc_data, tmp_path, common)
     # Two processes of two micro-batches each: every process's set-aside rows are all-gathered too.
     both = str(tmp_path / "both")
-    result = run_script(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "pretrain.py",
-                         *tiny_overrides(arc_data, both, gradient_accumulation_steps=2, **common)], timeout=300)
+    result = run_torchrun(2, ["pretrain.py", *tiny_overrides(arc_data, both, gradient_accumulation_steps=2, **common)])
     assert result.returncode == 0, result.stderr
     assert_same_run(whole, both)
     embedding_key = next(key for key in final_weights(whole)["model"] if key.endswith("puzzle_emb.weights"))
@@ -282,8 +286,7 @@ def test_gradient_accumulation_updates_the_puzzle_embeddings_like_the_whole_batc
         if processes == 1:
             train_in_process(overrides)
             return
-        result = run_script(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes), "pretrain.py", *overrides],
-                            timeout=300)
+        result = run_torchrun(processes, ["pretrain.py", *overrides])
         assert result.returncode == 0, result.stderr
 
     for first, second in ((1, 2), (2, 1)):
@@ -302,15 +305,13 @@ def test_two_processes_match_one(dataset, tmp_path):
     # and resumed: that must not change its numbers either.
     double = str(tmp_path / "double")
     for extra in ({"stop_after_minutes": 1e-9}, {"resume": "true"}):
-        result = run_script(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                             "pretrain.py", *tiny_overrides(dataset, double, **common, **extra)], timeout=300)
+        result = run_torchrun(2, ["pretrain.py", *tiny_overrides(dataset, double, **common, **extra)])
         assert result.returncode == 0, result.stderr
     assert os.path.exists(os.path.join(double, "step_10.pt"))
     assert_same_run(single, double, stopped_at=10)
 
     # Evaluation over two processes: each rank writes its slice, together the whole test split.
-    result = run_script(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                         "evaluate.py", f"checkpoint={double}/step_12.pt", f"output_dir={tmp_path}/preds"], timeout=300)
+    result = run_torchrun(2, ["evaluate.py", f"checkpoint={double}/step_12.pt", f"output_dir={tmp_path}/preds"])
     assert result.returncode == 0, result.stderr
     rank_files = [torch.load(tmp_path / "preds" / f"step_12_all_preds.{rank}") for rank in (0, 1)]
     evaluate.run_evaluation(evaluate.EvalConfig(checkpoint=f"{double}/step_12.pt", output_dir=f"{tmp_path}/one"), CPU)
@@ -376,8 +377,7 @@ def test_bad_config_stops_before_writing_anything(dataset, tmp_path, override, m
 
 def test_batch_size_must_divide_over_processes(dataset, tmp_path):
     run = tmp_path / "run"
-    result = run_script(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                         "pretrain.py", *tiny_overrides(dataset, str(run), global_batch_size=33)], timeout=300)
+    result = run_torchrun(2, ["pretrain.py", *tiny_overrides(dataset, str(run), global_batch_size=33)])
     assert result.returncode != 0
     assert "global_batch_size=33 is not divisible by the world size 2" in result.stderr
     assert not run.exists()

@@ -168,7 +168,8 @@ def compile_description(state: TrainState) -> str:
 def attention_description(state: TrainState, device: torch.device) -> str:
     """Which attention kernel the model's layers call here: FlashAttention when it imports and works, else SDPA."""
     model = state.loss_head.model
-    return attention_backend(device, model.inner.forward_dtype, model.config.hidden_size // model.config.num_heads)
+    seq_len = model.config.seq_len + model.inner.puzzle_emb_len
+    return attention_backend(seq_len, device, model.inner.forward_dtype, model.config.hidden_size // model.config.num_heads)
 
 
 def build_loss_head(config: PretrainConfig, metadata, context: DistributedContext) -> nn.Module:

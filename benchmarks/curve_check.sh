@@ -1,7 +1,8 @@
 #!/bin/bash
 # The loss-curve check of a speed lever (docs/performance.md): the first STEPS steps of the Sudoku-1k
-# recipe (scripts/reproduce_sudoku_1k.sh) with the given overrides. Two such runs use the same seed, data
-# order and schedule, so their curves differ only by what the lever changes:
+# recipe (scripts/reproduce_sudoku_1k.sh; RECIPE=scripts/reproduce_maze_1k.sh for the maze) with the given
+# overrides. Two such runs use the same seed, data order and schedule, so their curves differ only by what
+# the lever changes:
 #
 #   bash benchmarks/curve_check.sh checkpoints/curve-check/plain arch.fused_kernels=false
 #   bash benchmarks/curve_check.sh checkpoints/curve-check/fused arch.fused_kernels=true
@@ -10,10 +11,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:?usage: benchmarks/curve_check.sh RUN_FOLDER [key=value ...]}
 STEPS=${STEPS:-200}
+RECIPE=${RECIPE:-scripts/reproduce_sudoku_1k.sh}
 
 rm -rf "$RUN"
 # Its own process group, so that stopping it stops pretrain.py too.
-RUN="$RUN" setsid bash scripts/reproduce_sudoku_1k.sh "${@:2}" &
+RUN="$RUN" setsid bash "$RECIPE" "${@:2}" &
 TRAINING=$!
 # The metrics file gains one line per step; stop the run once it holds STEPS of them.
 until [ -f "$RUN/metrics.jsonl" ] && [ "$(grep -c train/lm_loss "$RUN/metrics.jsonl")" -ge "$STEPS" ]; do

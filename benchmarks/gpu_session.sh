@@ -2,6 +2,8 @@
 # The speed work's device-machine session (docs/performance.md), in stages:
 #   tests    the GPU tests of the fused kernel and the model
 #   kernels  the kernel microbenchmark (benchmarks/kernels.py)
+#   attention the attention kernels at the training shapes (benchmarks/attention.py): SDPA's kernels and
+#            the FlashAttention packages that import
 #   sudoku   the train-step benchmark and a 3-step profile of each variant in VARIANTS (default
 #            unfused,fused: the plain PyTorch path against the fused kernel)
 #   maze     the same for the maze shape
@@ -36,12 +38,15 @@ for stage in $STAGES; do
         tests/test_model_gpu.py >> "$LOG" 2>&1 ;;
     kernels)
       timeout 180 python3 benchmarks/kernels.py --output "$OUT_DIR/kernels.jsonl" >> "$LOG" 2>&1 ;;
+    attention)
+      timeout 300 python3 benchmarks/attention.py --output "$OUT_DIR/attention.jsonl" >> "$LOG" 2>&1 ;;
     sudoku | maze)
       variants=${VARIANTS:-unfused,fused}
       timeout 420 python3 benchmarks/train_step.py --shape "$stage" --warmup 10 --steps 50 --compare "$variants" \
         --profile "/tmp/profile_$stage" --output "$OUT_DIR/train_step.jsonl" >> "$LOG" 2>&1
       for variant in ${variants//,/ }; do
-        cp "/tmp/profile_$stage/$variant/top_kernels.txt" "$OUT_DIR/top_kernels_${stage}_$variant.txt" 2>/dev/null
+        folder=${variant//+/_}  # the benchmark's folder name for the variant
+        cp "/tmp/profile_$stage/$folder/top_kernels.txt" "$OUT_DIR/top_kernels_${stage}_$folder.txt" 2>/dev/null
       done ;;
     autotune)
       timeout 300 python3 benchmarks/train_step.py --shape sudoku --warmup 10 --steps 50 \
@@ -76,11 +81,12 @@ for stage in $STAGES; do
 done
 echo "== done $(date +%T)" >> "$LOG"
 grep -E "passed|failed|error|Error" "$LOG" | tail -n 5
-for file in kernels.jsonl train_step.jsonl; do
+for file in kernels.jsonl attention.jsonl train_step.jsonl; do
   [ -f "$OUT_DIR/$file" ] && python3 -c "
 import json, sys
 for line in open(sys.argv[1]):
     r = json.loads(line)
     print({k: r[k] for k in r if k in ('shape', 'kernel', 'variant', 'fused_us', 'pytorch_compiled_us', 'speedup', 'relative_error',
+          'forward_us', 'forward_backward_us', 'out_relative_error', 'attention_backend',
           'step_ms_median', 'step_ms_p90', 'peak_memory_gib', 'compile_seconds', 'fused_kernels', 'error')})" "$OUT_DIR/$file"
 done

@@ -20,6 +20,8 @@ A variant is one or more parts joined by '+':
     cuda-graphs                   compiled and replayed as CUDA graphs (config.cuda_graphs, mode reduce-overhead)
     sdpa-flash | sdpa-cudnn | sdpa-efficient | sdpa-math
                                   attention through PyTorch SDPA with only that kernel allowed
+    flash-attn-2 | flash-attn-3 | flash-attn-4
+                                  attention through that FlashAttention package (it must be installed)
     fused | unfused               the fused SwiGLU Triton kernel of the gradient-free passes on | off
                                   (arch.fused_kernels; unfused is the original's computation path)
 e.g. `--compare eager,compile,compile+sdpa-cudnn`. Variants run one after another in one process, each
@@ -165,6 +167,7 @@ SDPA_BACKENDS = {
     "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION,
     "sdpa-math": SDPBackend.MATH,
 }
+FLASH_PACKAGES = {"flash-attn-2": layers.FLASH_ATTN_2, "flash-attn-3": layers.FLASH_ATTN_3, "flash-attn-4": layers.FLASH_ATTN_4}
 
 
 @dataclass(frozen=True)
@@ -174,12 +177,13 @@ class Variant:
     compile_mode: Optional[str] = None  # a torch.compile mode; None: pretrain.py's own compile
     cuda_graphs: bool = False  # config.cuda_graphs: the compiled step replayed as CUDA graphs
     sdpa_backend: Optional[SDPBackend] = None  # None: the backend models.layers picks
+    flash_package: Optional[str] = None  # a FlashAttention backend of models.layers; None: the one it picks
     fused_kernels: Optional[bool] = None  # None: as the arch config says
 
 
 def parse_variant(name: str) -> Variant:
     compile_modes = list(torch._inductor.list_mode_options())
-    compile, compile_mode, sdpa_backend, fused_kernels, cuda_graphs = None, None, None, None, False
+    compile, compile_mode, sdpa_backend, flash_package, fused_kernels, cuda_graphs = None, None, None, None, None, False
     for part in name.split("+"):
         if part == "default":
             continue
@@ -195,12 +199,18 @@ def parse_variant(name: str) -> Variant:
             compile, compile_mode = True, part[len("compile-"):]
         elif part in SDPA_BACKENDS:
             sdpa_backend = SDPA_BACKENDS[part]
+        elif part in FLASH_PACKAGES:
+            flash_package = FLASH_PACKAGES[part]
         else:
             raise ValueError(
                 f"unknown variant part '{part}' in '{name}': use default, eager, compile, "
-                f"{', '.join('compile-' + mode for mode in compile_modes)}, cuda-graphs, {', '.join(SDPA_BACKENDS)}, fused, unfused, joined by '+'"
+                f"{', '.join('compile-' + mode for mode in compile_modes)}, cuda-graphs, {', '.join(SDPA_BACKENDS)}, "
+                f"{', '.join(FLASH_PACKAGES)}, fused, unfused, joined by '+'"
             )
-    return Variant(name, compile=compile, compile_mode=compile_mode, cuda_graphs=cuda_graphs, sdpa_backend=sdpa_backend, fused_kernels=fused_kernels)
+    if sdpa_backend is not None and flash_package is not None:
+        raise ValueError(f"'{name}' names an SDPA kernel and a FlashAttention package: attention runs through one of them")
+    return Variant(name, compile=compile, compile_mode=compile_mode, cuda_graphs=cuda_graphs, sdpa_backend=sdpa_backend,
+                   flash_package=flash_package, fused_kernels=fused_kernels)
 
 
 def build_state(base_config: PretrainConfig, variant: Variant, metadata: PuzzleDatasetMetadata, context: DistributedContext):
@@ -223,18 +233,26 @@ def build_state(base_config: PretrainConfig, variant: Variant, metadata: PuzzleD
 
 
 @contextlib.contextmanager
-def attention_override(variant: Variant, device: torch.device, dtype: torch.dtype, head_dim: int):
-    """Route attention through SDPA restricted to the variant's kernel, if it names one."""
-    if variant.sdpa_backend is None:
+def attention_override(variant: Variant, device: torch.device, dtype: torch.dtype, head_dim: int, seq_len: int):
+    """Route attention through the variant's SDPA kernel or FlashAttention package, if it names one."""
+    if variant.sdpa_backend is None and variant.flash_package is None:
         yield
         return
-    # models.layers calls FlashAttention directly when the package is installed, bypassing SDPA; its
-    # cached choice for these tensors is pinned to SDPA so that sdpa_kernel decides what runs.
-    key = (device.type, device.index or 0, dtype, head_dim)
+    # models.layers keeps its choice of backend for these tensors in a cache; pinning it there decides
+    # what runs (for SDPA, with sdpa_kernel choosing the kernel inside).
+    pinned = layers.SDPA
+    if variant.flash_package is not None:
+        func = layers._import_flash(variant.flash_package)
+        if func is None:
+            raise ConfigError(f"variant '{variant.name}': the {variant.flash_package} package does not import here; "
+                              "install it, or leave that variant out of --compare")
+        layers._flash_funcs[variant.flash_package] = func
+        pinned = variant.flash_package
+    key = (device.type, device.index or 0, dtype, head_dim, seq_len)
     previous = layers._backend_cache.get(key)
-    layers._backend_cache[key] = layers.SDPA
+    layers._backend_cache[key] = pinned
     try:
-        with sdpa_kernel(variant.sdpa_backend):
+        with sdpa_kernel(variant.sdpa_backend) if variant.sdpa_backend is not None else contextlib.nullcontext():
             yield
     finally:
         if previous is None:
@@ -351,7 +369,8 @@ def benchmark_variant(variant: Variant, base_config: PretrainConfig, metadata: P
 
     model = state.loss_head.model
     dtype, head_dim = model.inner.forward_dtype, model.config.hidden_size // model.config.num_heads
-    with attention_override(variant, device, dtype, head_dim):
+    seq_len = metadata.seq_len + model.inner.puzzle_emb_len
+    with attention_override(variant, device, dtype, head_dim, seq_len):
         # The first step compiles (when compiled); the further warm-up steps settle caches and autotuning.
         start = time.perf_counter()
         run_steps(config, state, batches, context, 1)
@@ -369,7 +388,7 @@ def benchmark_variant(variant: Variant, base_config: PretrainConfig, metadata: P
             folder = args.profile if len(args.variants) == 1 else os.path.join(args.profile, re.sub(r"[^\w.-]", "_", variant.name))
             profile_steps(folder, config, state, batches, context)
 
-        backend = layers.attention_backend(device, dtype, head_dim)
+        backend = layers.attention_backend(seq_len, device, dtype, head_dim)
     if variant.sdpa_backend is not None:
         backend = f"{backend} ({variant.sdpa_backend.name})"
 

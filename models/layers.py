@@ -18,22 +18,29 @@ CosSin = Tuple[torch.Tensor, torch.Tensor]
 
 
 # Attention backend -------------------------------------------------------------------------------
-# FlashAttention 3 (Hopper) or 2 (Ampere and newer) when installed and usable for the tensors at
-# hand, otherwise PyTorch's scaled_dot_product_attention. Importing flash-attn happens only here,
+# FlashAttention 3 (Hopper), 4 (Hopper and newer) or 2 (Ampere and newer) when installed and usable
+# for the tensors at hand, otherwise PyTorch's scaled_dot_product_attention. Importing flash-attn happens only here,
 # on the first CUDA half-precision call, so CPU use never needs the package.
 
+FLASH_ATTN_4 = "flash_attn_4"
 FLASH_ATTN_3 = "flash_attn_3"
 FLASH_ATTN_2 = "flash_attn_2"
 SDPA = "sdpa"
 
 _FLASH_DTYPES = (torch.float16, torch.bfloat16)
+# FlashAttention 4 beats SDPA's cuDNN kernel on an H200 at the maze/ARC length (901: 1.18x forward and
+# backward) but loses at the Sudoku length (82: 1.5x slower), docs/performance.md; lengths in between
+# were not measured.
+FLASH_ATTN_4_MIN_SEQ_LEN = 512
 _flash_funcs: Dict[str, Callable] = {}
 _backend_cache: Dict[tuple, str] = {}
 
 
 def _import_flash(backend: str) -> Optional[Callable]:
     try:
-        if backend == FLASH_ATTN_3:
+        if backend == FLASH_ATTN_4:
+            from models.flash_attn_4 import flash_attn_4_func as flash_attn_func
+        elif backend == FLASH_ATTN_3:
             from flash_attn_interface import flash_attn_func
         else:
             from flash_attn import flash_attn_func
@@ -45,18 +52,19 @@ def _import_flash(backend: str) -> Optional[Callable]:
 # torch.compile calls this once while tracing and keeps the answer as a constant, so the imports and
 # device queries inside never enter the graph.
 @torch.compiler.assume_constant_result
-def _select_backend(device_type: str, device_index: int, dtype: torch.dtype, head_dim: int) -> str:
-    key = (device_type, device_index, dtype, head_dim)
+def _select_backend(device_type: str, device_index: int, dtype: torch.dtype, head_dim: int, seq_len: int) -> str:
+    key = (device_type, device_index, dtype, head_dim, seq_len)
     if key not in _backend_cache:
-        _backend_cache[key] = _find_backend(device_type, device_index, dtype, head_dim)
+        _backend_cache[key] = _find_backend(device_type, device_index, dtype, head_dim, seq_len)
     return _backend_cache[key]
 
 
-def _find_backend(device_type: str, device_index: int, dtype: torch.dtype, head_dim: int) -> str:
+def _find_backend(device_type: str, device_index: int, dtype: torch.dtype, head_dim: int, seq_len: int) -> str:
     if device_type != "cuda" or dtype not in _FLASH_DTYPES or head_dim % 8 != 0 or head_dim > 256:
         return SDPA
     major, _minor = torch.cuda.get_device_capability(device_index)
-    candidates = ([FLASH_ATTN_3] if major == 9 else []) + ([FLASH_ATTN_2] if major >= 8 else [])
+    candidates = (([FLASH_ATTN_3] if major == 9 else []) + ([FLASH_ATTN_4] if major >= 9 and seq_len >= FLASH_ATTN_4_MIN_SEQ_LEN else [])
+                  + ([FLASH_ATTN_2] if major >= 8 else []))
     for backend in candidates:
         func = _import_flash(backend)
         if func is not None:
@@ -65,23 +73,23 @@ def _find_backend(device_type: str, device_index: int, dtype: torch.dtype, head_
     return SDPA
 
 
-def attention_backend(device=None, dtype: torch.dtype = torch.bfloat16, head_dim: int = 64) -> str:
-    """Name of the attention backend used for q/k/v of this device, dtype and head size.
+def attention_backend(seq_len: int, device=None, dtype: torch.dtype = torch.bfloat16, head_dim: int = 64) -> str:
+    """Name of the attention backend used for q/k/v of this sequence length, device, dtype and head size.
 
-    One of "flash_attn_3", "flash_attn_2", "sdpa". The device defaults to the current CUDA device
-    when there is one, else the CPU.
+    One of "flash_attn_3", "flash_attn_4", "flash_attn_2", "sdpa". The device defaults to the current
+    CUDA device when there is one, else the CPU.
     """
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    return _select_backend(device.type, device.index or 0, dtype, head_dim)
+    return _select_backend(device.type, device.index or 0, dtype, head_dim, seq_len)
 
 
 def _attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """Non-causal softmax attention over [batch, seq, heads, head_dim] tensors."""
-    backend = _select_backend(query.device.type, query.device.index or 0, query.dtype, query.shape[-1])
+    backend = _select_backend(query.device.type, query.device.index or 0, query.dtype, query.shape[-1], query.shape[1])
     if backend == SDPA:
         # SDPA wants [batch, heads, seq, head_dim].
         out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))

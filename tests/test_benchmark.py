@@ -120,12 +120,16 @@ def test_variant_names_map_to_their_settings():
     assert parse_variant("cuda-graphs+fused") == Variant("cuda-graphs+fused", compile=True, cuda_graphs=True, fused_kernels=True)
     assert parse_variant("compile+sdpa-flash") == Variant("compile+sdpa-flash", compile=True, sdpa_backend=SDPBackend.FLASH_ATTENTION)
     assert parse_variant("compile-max-autotune") == Variant("compile-max-autotune", compile=True, compile_mode="max-autotune")
+    assert parse_variant("compile+flash-attn-4") == Variant("compile+flash-attn-4", compile=True, flash_package="flash_attn_4")
 
 
 def test_bad_arguments_are_refused_with_a_clear_message(capsys):
     with pytest.raises(SystemExit):
         main(["--shape", "tiny", "--compare", "eager+flash"])
     assert "unknown variant part 'flash'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--shape", "tiny", "--compare", "sdpa-cudnn+flash-attn-4"])
+    assert "names an SDPA kernel and a FlashAttention package" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--shape", "tiny", "--compare", "compile-reduce-overhead"])
     assert "use the variant cuda-graphs" in capsys.readouterr().err
@@ -134,6 +138,9 @@ def test_bad_arguments_are_refused_with_a_clear_message(capsys):
     assert "--arch takes KEY=VALUE" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="Unknown HRM config keys: hiden_size"):
         main(["--shape", "tiny", "--arch", "hiden_size=32"])
+    # The CPU has no FlashAttention: a variant that names it stops the run with what to do.
+    with pytest.raises(ConfigError, match="the flash_attn_4 package does not import here; install it"):
+        main(["--shape", "tiny", "--steps", "1", "--warmup", "1", "--compare", "eager+flash-attn-4"])
     # A variant's config is validated as training validates it.
     with pytest.raises(ConfigError, match="Set gradient_accumulation_steps=1 \\(now 2\\) or cuda_graphs=false"):
         main(["--shape", "tiny", "--gradient-accumulation-steps", "2", "--compare", "cuda-graphs"])

@@ -77,7 +77,7 @@ def test_bfloat16_compiled_on_gpu_is_close_to_reference(reference):
         errors[f"loss{call}"] = relative_error(loss.cpu(), expected["loss"])
         errors[f"logits{call}"] = relative_error(outputs["logits"].float().cpu(), expected["outputs"]["logits"])
         errors[f"grads{call}"] = max(relative_error(g.cpu(), expected["grads"][n]) for n, g in grads.items())
-    print(json.dumps({"test": "bf16_compiled_vs_fp32_reference", "backend": attention_backend(DEVICE, torch.bfloat16, 8), **errors}))
+    print(json.dumps({"test": "bf16_compiled_vs_fp32_reference", "backend": attention_backend(reference["batch"]["inputs"].shape[1] + head.model.inner.puzzle_emb_len, DEVICE, torch.bfloat16, 8), **errors}))
     # bfloat16 keeps 8 bits of mantissa: a few percent after a dozen blocks.
     assert all(error < 5e-2 for key, error in errors.items() if not key.startswith("grads"))
     assert all(error < 2e-1 for key, error in errors.items() if key.startswith("grads"))
@@ -157,7 +157,7 @@ def test_optimizer_is_a_small_share_of_a_training_step(capsys):
     sparse_time = timed(sparse.step, 20)
 
     report = dict(
-        test="optimizer_share", device=torch.cuda.get_device_name(), attention_backend=attention_backend(DEVICE, torch.bfloat16, 64),
+        test="optimizer_share", device=torch.cuda.get_device_name(), attention_backend=attention_backend(82, DEVICE, torch.bfloat16, 64),
         optimizer=f"{type(adam).__module__}.{type(adam).__name__}", params=sum(p.numel() for p in head.parameters()),
         train_step_ms=round(step_time * 1e3, 2), adam_atan2_step_ms=round(adam_time * 1e3, 3), sign_sgd_step_ms=round(sparse_time * 1e3, 3),
         optimizer_share=round((adam_time + sparse_time) / step_time, 4),
@@ -210,3 +210,33 @@ def test_cuda_graphs_train_and_evaluate_like_the_compiled_step():
         assert graph_eval["all"][key] == pytest.approx(compiled_eval["all"][key], rel=1e-2, abs=1e-4), key
     for name in compiled_weights:
         torch.testing.assert_close(graph_weights[name], compiled_weights[name], rtol=1e-2, atol=1e-3, msg=name)
+
+
+def test_flash_attention_4_op_matches_sdpa_and_compiles_without_graph_breaks():
+    try:
+        from models.flash_attn_4 import flash_attn_4_func
+    except ImportError as error:
+        pytest.skip(f"flash-attn-4 does not import: {error}")
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("FlashAttention 4 runs on Hopper and newer")
+    generator = torch.Generator(device=DEVICE).manual_seed(0)
+    # The Sudoku layout: value is a slice of the qkv projection, query and key are RoPE's new tensors.
+    qkv = torch.randn(64, 82, 24, 64, device=DEVICE, generator=generator, dtype=torch.bfloat16)
+    query, key, value = qkv.split(8, dim=2)
+    grad_out = torch.randn(64, 82, 8, 64, device=DEVICE, generator=generator, dtype=torch.bfloat16)
+
+    def outputs_and_grads(attention, dtype):
+        inputs = [tensor.detach().to(dtype).requires_grad_() for tensor in (query.contiguous(), key.contiguous(), value)]
+        out = attention(*inputs)
+        out.backward(grad_out.to(dtype))
+        return [out.float()] + [tensor.grad.float() for tensor in inputs]
+
+    def sdpa(q, k, v):
+        return torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+
+    expected = outputs_and_grads(sdpa, torch.float32)
+    eager = outputs_and_grads(flash_attn_4_func, torch.bfloat16)
+    compiled = outputs_and_grads(torch.compile(flash_attn_4_func, fullgraph=True), torch.bfloat16)
+    for name, want, got_eager, got_compiled in zip(("out", "grad_query", "grad_key", "grad_value"), expected, eager, compiled):
+        assert relative_error(got_eager, want) < 1e-2, name
+        assert torch.equal(got_compiled, got_eager), name

@@ -1,9 +1,8 @@
 #!/bin/bash
 # The speed work's device-machine session (docs/performance.md), in stages:
 #   tests    the GPU tests of the fused kernel and the model
-#   kernels  the kernel microbenchmark (benchmarks/kernels.py)
-#   attention the attention kernels at the training shapes (benchmarks/attention.py): SDPA's kernels and
-#            the FlashAttention packages that import
+#   kernels  the layer-kernel microbenchmark (benchmarks/kernels.py): the fused SwiGLU kernel, quack's
+#            matrix products and every attention kernel that runs, at the training shapes
 #   sudoku   the train-step benchmark and a 3-step profile of each variant in VARIANTS (default
 #            unfused,fused: the plain PyTorch path against the fused kernel)
 #   maze     the same for the maze shape
@@ -37,9 +36,7 @@ for stage in $STAGES; do
       timeout 600 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_swiglu.py tests/test_kernels_model.py \
         tests/test_model_gpu.py >> "$LOG" 2>&1 ;;
     kernels)
-      timeout 180 python3 benchmarks/kernels.py --output "$OUT_DIR/kernels.jsonl" >> "$LOG" 2>&1 ;;
-    attention)
-      timeout 300 python3 benchmarks/attention.py --output "$OUT_DIR/attention.jsonl" >> "$LOG" 2>&1 ;;
+      timeout 420 python3 benchmarks/kernels.py --output "$OUT_DIR/kernels.jsonl" >> "$LOG" 2>&1 ;;
     sudoku | maze)
       variants=${VARIANTS:-unfused,fused}
       timeout 420 python3 benchmarks/train_step.py --shape "$stage" --warmup 10 --steps 50 --compare "$variants" \
@@ -81,7 +78,7 @@ for stage in $STAGES; do
 done
 echo "== done $(date +%T)" >> "$LOG"
 grep -E "passed|failed|error|Error" "$LOG" | tail -n 5
-for file in kernels.jsonl attention.jsonl train_step.jsonl; do
+for file in kernels.jsonl train_step.jsonl; do
   [ -f "$OUT_DIR/$file" ] && python3 -c "
 import json, sys
 for line in open(sys.argv[1]):

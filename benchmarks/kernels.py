@@ -1,16 +1,21 @@
-"""Time the fused Triton kernel of models/kernels against the compiled PyTorch code it replaces, for
-the layer shapes of the Sudoku and maze training steps, on a CUDA GPU.
+"""Time the layer kernels of the Sudoku and maze training steps at their shapes, on a CUDA GPU.
 
     python benchmarks/kernels.py [--output FILE]
 
-Prints one JSON line per shape and kernel: median microseconds of the fused kernel and of the PyTorch
-path compiled with torch.compile (as training runs it), their ratio, and the fused kernel's relative
-error against the PyTorch path in bfloat16.
-
-Where the `quack-kernels` package imports (CuTe-DSL matrix products with fused epilogues, Hopper and
-newer), the same layer operations are also timed through it: its plain matrix product against
-cuBLAS, the gate/up product with silu(gate) * up in its epilogue, and the down projection with the
-residual added in its epilogue (then the compiled RMSNorm).
+Prints one JSON line per shape and kernel:
+- SwiGLU: our fused Triton kernel against the compiled PyTorch code it replaces (torch.compile, as
+  training runs it): median microseconds of both, their ratio, and the kernel's relative error
+  against the PyTorch path in bfloat16;
+- quack (where the `quack-kernels` package imports: CuTe-DSL matrix products with fused epilogues,
+  Hopper and newer), the same way: its plain matrix product against cuBLAS, the gate/up product with
+  silu(gate) * up in its epilogue, and the down projection with the residual added in its epilogue
+  (then the compiled RMSNorm);
+- attention: every kernel that runs here (PyTorch SDPA's cuDNN, flash and memory-efficient kernels,
+  FlashAttention 2, 3 and 4 where installed): median microseconds of the forward alone (as the
+  step's 40 gradient-free layer passes run it) and of forward + backward (the 8 passes with
+  gradient), and the relative error of the output and of the query gradient against float32
+  attention.
+A kernel that fails at a shape gets a line with its error instead.
 """
 
 import argparse
@@ -20,16 +25,19 @@ import sys
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from triton.testing import do_bench
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from models import layers  # noqa: E402
 from models.kernels.swiglu import swiglu  # noqa: E402
 from models.layers import rms_norm  # noqa: E402
 
 # (batch, sequence incl. the puzzle position) of each training shape; default architecture sizes.
 SHAPES = {"sudoku": (768, 82), "maze": (96, 901)}
 HIDDEN, INNER = 512, 1536
+NUM_HEADS, HEAD_DIM = 8, 64
 
 
 def swiglu_pytorch(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -72,14 +80,66 @@ def compare(shape: str, kernel: str, fused, pytorch, inputs) -> dict:
             "device": torch.cuda.get_device_name(), "torch": torch.__version__}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", help="also append the JSON lines to this file")
-    args = parser.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("benchmarks/kernels.py needs a CUDA GPU")
+# Attention ---------------------------------------------------------------------------------------
 
-    generator = torch.Generator(device="cuda").manual_seed(0)
+SDPA_KERNELS = {"sdpa-cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa-flash": SDPBackend.FLASH_ATTENTION,
+                "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION}
+FLASH_PACKAGES = (layers.FLASH_ATTN_2, layers.FLASH_ATTN_3, layers.FLASH_ATTN_4)
+
+
+def sdpa_attention(backend: SDPBackend):
+    def attention(query, key, value):
+        with sdpa_kernel(backend):
+            out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
+        return out.transpose(1, 2)
+    return attention
+
+
+def attention_kernels() -> dict:
+    """The attention kernels that run here, by name, each taking [batch, seq, heads, head_dim] tensors."""
+    kernels = {name: sdpa_attention(backend) for name, backend in SDPA_KERNELS.items()}
+    for package in FLASH_PACKAGES:
+        func = layers._import_flash(package)
+        if func is not None:
+            kernels[package] = lambda query, key, value, func=func: func(query, key, value, causal=False)
+    return kernels
+
+
+def attention_inputs(batch: int, seq: int, generator: torch.Generator):
+    # As in the model: query and key come out of RoPE as new tensors, value is a slice of the qkv output.
+    qkv = torch.randn(batch, seq, 3 * NUM_HEADS, HEAD_DIM, device="cuda", generator=generator, dtype=torch.bfloat16)
+    query, key, value = qkv.split(NUM_HEADS, dim=2)
+    return query.contiguous(), key.contiguous(), value
+
+
+def time_attention(attention, query, key, value, grad_out, reference_out, reference_grad_query) -> dict:
+    with torch.no_grad():
+        forward_us = do_bench(lambda: attention(query, key, value), warmup=25, rep=200, return_mode="median") * 1e3
+    inputs = [tensor.detach().requires_grad_() for tensor in (query, key, value)]
+
+    def forward_backward():
+        attention(*inputs).backward(grad_out)
+
+    forward_backward_us = do_bench(forward_backward, warmup=25, rep=200, grad_to_none=inputs, return_mode="median") * 1e3
+    for tensor in inputs:
+        tensor.grad = None
+    out = attention(*inputs)
+    out.backward(grad_out)
+    return {"forward_us": round(forward_us, 1), "forward_backward_us": round(forward_backward_us, 1),
+            "out_relative_error": round(relative_error(out, reference_out), 5),
+            "grad_query_relative_error": round(relative_error(inputs[0].grad, reference_grad_query), 5)}
+
+
+def attention_reference(query, key, value, grad_out):
+    """Float32 attention output and query gradient, for the kernels' errors."""
+    inputs = [tensor.detach().float().requires_grad_() for tensor in (query, key, value)]
+    out = sdpa_attention(SDPBackend.MATH)(*inputs)
+    out.backward(grad_out.float())
+    return out.detach(), inputs[0].grad
+
+
+def layer_records(generator: torch.Generator) -> list:
+    """The SwiGLU kernel and quack's matrix products against compiled PyTorch, per shape."""
     records = []
     for shape, (batch, seq) in SHAPES.items():
         x = torch.randn(batch * seq, HIDDEN, device="cuda", generator=generator, dtype=torch.bfloat16)
@@ -94,8 +154,35 @@ def main() -> None:
                 records.append(compare(shape, kernel, fused, pytorch, inputs[kernel]))
             except Exception as error:  # a configuration quack does not support: report it, time the rest
                 records.append({"shape": shape, "kernel": kernel, "error": f"{type(error).__name__}: {error}"[:500]})
+    return records
 
-    for record in records:
+
+def attention_records(generator: torch.Generator) -> list:
+    """Every attention kernel that runs here, per shape."""
+    records, kernels = [], attention_kernels()
+    for shape, (batch, seq) in SHAPES.items():
+        query, key, value = attention_inputs(batch, seq, generator)
+        grad_out = torch.randn(query.shape, device="cuda", generator=generator, dtype=torch.bfloat16)
+        reference_out, reference_grad_query = attention_reference(query, key, value, grad_out)
+        for name, attention in kernels.items():
+            record = {"shape": shape, "batch": batch, "seq": seq, "heads": NUM_HEADS, "head_dim": HEAD_DIM, "kernel": name}
+            try:
+                record.update(time_attention(attention, query, key, value, grad_out, reference_out, reference_grad_query))
+            except Exception as error:  # a kernel that does not support this shape or GPU: report it, time the others
+                record["error"] = f"{type(error).__name__}: {error}"[:500]
+            records.append(dict(record, device=torch.cuda.get_device_name(), torch=torch.__version__))
+    return records
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", help="also append the JSON lines to this file")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks/kernels.py needs a CUDA GPU")
+
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    for record in layer_records(generator) + attention_records(generator):
         line = json.dumps(record)
         print(line)
         if args.output:

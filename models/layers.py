@@ -18,9 +18,10 @@ CosSin = Tuple[torch.Tensor, torch.Tensor]
 
 
 # Attention backend -------------------------------------------------------------------------------
-# FlashAttention 3 (Hopper), 4 (Hopper and newer) or 2 (Ampere and newer) when installed and usable
-# for the tensors at hand, otherwise PyTorch's scaled_dot_product_attention. Importing flash-attn happens only here,
-# on the first CUDA half-precision call, so CPU use never needs the package.
+# FlashAttention 3 (Hopper), 4 (Hopper and newer, long sequences) or 2 (Ampere and newer) when
+# installed and usable for the tensors at hand, otherwise PyTorch's scaled_dot_product_attention.
+# Importing flash-attn happens only here, on the first CUDA half-precision call, so CPU use never
+# needs the package.
 
 FLASH_ATTN_4 = "flash_attn_4"
 FLASH_ATTN_3 = "flash_attn_3"
@@ -28,9 +29,9 @@ FLASH_ATTN_2 = "flash_attn_2"
 SDPA = "sdpa"
 
 _FLASH_DTYPES = (torch.float16, torch.bfloat16)
-# FlashAttention 4 beats SDPA's cuDNN kernel on an H200 at the maze/ARC length (901: 1.18x forward and
-# backward) but loses at the Sudoku length (82: 1.5x slower), docs/performance.md; lengths in between
-# were not measured.
+# FlashAttention 4 beats SDPA's cuDNN kernel on an H200 at the maze/ARC length (901: 1.18x, forward
+# and backward) but loses at the Sudoku length (82: 1.5x slower), docs/performance.md; lengths in
+# between were not measured.
 FLASH_ATTN_4_MIN_SEQ_LEN = 512
 _flash_funcs: Dict[str, Callable] = {}
 _backend_cache: Dict[tuple, str] = {}
@@ -63,8 +64,11 @@ def _find_backend(device_type: str, device_index: int, dtype: torch.dtype, head_
     if device_type != "cuda" or dtype not in _FLASH_DTYPES or head_dim % 8 != 0 or head_dim > 256:
         return SDPA
     major, _minor = torch.cuda.get_device_capability(device_index)
-    candidates = (([FLASH_ATTN_3] if major == 9 else []) + ([FLASH_ATTN_4] if major >= 9 and seq_len >= FLASH_ATTN_4_MIN_SEQ_LEN else [])
-                  + ([FLASH_ATTN_2] if major >= 8 else []))
+    candidates = [FLASH_ATTN_3] if major == 9 else []
+    if major >= 9 and seq_len >= FLASH_ATTN_4_MIN_SEQ_LEN:
+        candidates.append(FLASH_ATTN_4)
+    if major >= 8:
+        candidates.append(FLASH_ATTN_2)
     for backend in candidates:
         func = _import_flash(backend)
         if func is not None:

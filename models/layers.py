@@ -5,6 +5,7 @@ can run in bfloat16 while the optimiser keeps float32 weights. Tensors are laid 
 [batch, seq, heads, head_dim] as FlashAttention wants them.
 """
 
+import warnings
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
@@ -21,7 +22,8 @@ CosSin = Tuple[torch.Tensor, torch.Tensor]
 # FlashAttention 3 (Hopper), 4 (Hopper and newer, long sequences) or 2 (Ampere and newer) when
 # installed and usable for the tensors at hand, otherwise PyTorch's scaled_dot_product_attention.
 # Importing flash-attn happens only here, on the first CUDA half-precision call, so CPU use never
-# needs the package.
+# needs the package; a package that imports but fails or disagrees with SDPA on a small check is
+# skipped with a warning.
 
 FLASH_ATTN_4 = "flash_attn_4"
 FLASH_ATTN_3 = "flash_attn_3"
@@ -50,6 +52,24 @@ def _import_flash(backend: str) -> Optional[Callable]:
     return flash_attn_func
 
 
+def _flash_works(backend: str, func: Callable, device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
+    """Run a FlashAttention function once on small random inputs and compare it with SDPA."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    query, key, value = (torch.randn(2, 16, 2, head_dim, device=device, generator=generator).to(dtype) for _ in range(3))
+    expected = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)).transpose(1, 2)
+    try:
+        out = func(query, key, value, causal=False)
+        out = out[0] if isinstance(out, tuple) else out
+        error = ((out.float() - expected.float()).norm() / expected.float().norm()).item()
+    except Exception as failure:  # a kernel or JIT failure on this GPU: warn, then try the next backend
+        warnings.warn(f"{backend} imports but fails on {device} ({type(failure).__name__}: {failure}); not using it.")
+        return False
+    if not error < 2e-2:
+        warnings.warn(f"{backend} differs from PyTorch SDPA by {error:.3g} (relative) on {device}; not using it.")
+        return False
+    return True
+
+
 # torch.compile calls this once while tracing and keeps the answer as a constant, so the imports and
 # device queries inside never enter the graph.
 @torch.compiler.assume_constant_result
@@ -71,7 +91,7 @@ def _find_backend(device_type: str, device_index: int, dtype: torch.dtype, head_
         candidates.append(FLASH_ATTN_2)
     for backend in candidates:
         func = _import_flash(backend)
-        if func is not None:
+        if func is not None and _flash_works(backend, func, torch.device(device_type, device_index), dtype, head_dim):
             _flash_funcs[backend] = func
             return backend
     return SDPA

@@ -133,6 +133,7 @@ def test_flash_backends_are_chosen_by_gpu_generation(monkeypatch):
 
     installed = {"flash_attn_3": False, "flash_attn_4": False, "flash_attn_2": True}
     monkeypatch.setattr(layers, "_import_flash", lambda backend: (lambda *a, **k: None) if installed[backend] else None)
+    monkeypatch.setattr(layers, "_flash_works", lambda *args: True)
 
     def chosen(capability, seq_len=901):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: capability)
@@ -147,6 +148,34 @@ def test_flash_backends_are_chosen_by_gpu_generation(monkeypatch):
     assert [chosen((9, 0), seq_len) for seq_len in (901, 82)] == ["flash_attn_4", "sdpa"]
     installed["flash_attn_3"] = True
     assert [chosen(capability) for capability in [(10, 0), (9, 0)]] == ["flash_attn_4", "flash_attn_3"]
+
+
+def _sdpa_in_flash_layout(query, key, value, causal=False):
+    out = torch.nn.functional.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
+    return out.transpose(1, 2)
+
+
+def test_a_flash_package_that_fails_or_disagrees_is_skipped_with_a_warning(monkeypatch):
+    import models.layers as layers
+
+    def raises(*args, **kwargs):
+        raise RuntimeError("no kernel image is available for execution on the device")
+
+    def wrong(query, key, value, causal=False):
+        return torch.zeros_like(query), None  # FA3's tuple form, with wrong values
+
+    cpu = torch.device("cpu")
+    assert layers._flash_works("flash_attn_2", _sdpa_in_flash_layout, cpu, torch.bfloat16, 64)
+    with pytest.warns(UserWarning, match="flash_attn_4 imports but fails on cpu .RuntimeError: no kernel image"):
+        assert not layers._flash_works("flash_attn_4", raises, cpu, torch.bfloat16, 64)
+    with pytest.warns(UserWarning, match="flash_attn_3 differs from PyTorch SDPA by 1 .relative."):
+        assert not layers._flash_works("flash_attn_3", wrong, cpu, torch.bfloat16, 64)
+
+    # _find_backend goes on to the next candidate when one fails its check.
+    monkeypatch.setattr(layers, "_import_flash", lambda backend: {"flash_attn_4": raises, "flash_attn_2": _sdpa_in_flash_layout}.get(backend))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: (9, 0))
+    monkeypatch.setattr(layers, "_flash_works", lambda backend, func, device, dtype, head_dim: func is not raises)
+    assert _find_backend("cuda", 0, torch.bfloat16, 64, 901) == "flash_attn_2"
 
 
 def test_flash_dispatch_passes_batch_seq_heads_layout(monkeypatch):

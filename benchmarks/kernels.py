@@ -90,8 +90,7 @@ FLASH_PACKAGES = (layers.FLASH_ATTN_2, layers.FLASH_ATTN_3, layers.FLASH_ATTN_4)
 def sdpa_attention(backend: SDPBackend):
     def attention(query, key, value):
         with sdpa_kernel(backend):
-            out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
-        return out.transpose(1, 2)
+            return layers._sdpa_attention(query, key, value)
     return attention
 
 
@@ -101,7 +100,7 @@ def attention_kernels() -> dict:
     for package in FLASH_PACKAGES:
         func = layers._import_flash(package)
         if func is not None:
-            kernels[package] = lambda query, key, value, func=func: func(query, key, value, causal=False)
+            kernels[package] = lambda query, key, value, func=func: layers._flash_attention(func, query, key, value)
     return kernels
 
 
@@ -140,7 +139,7 @@ def attention_reference(query, key, value, grad_out):
 
 def layer_records(generator: torch.Generator) -> list:
     """The SwiGLU kernel and quack's matrix products against compiled PyTorch, per shape."""
-    records = []
+    records, quack_ops = [], quack_layer_ops()
     for shape, (batch, seq) in SHAPES.items():
         x = torch.randn(batch * seq, HIDDEN, device="cuda", generator=generator, dtype=torch.bfloat16)
         weight = (torch.randn(2 * INNER, HIDDEN, device="cuda", generator=generator) / HIDDEN**0.5).to(torch.bfloat16)
@@ -149,7 +148,7 @@ def layer_records(generator: torch.Generator) -> list:
         down_weight = (torch.randn(HIDDEN, INNER, device="cuda", generator=generator) / INNER**0.5).to(torch.bfloat16)
         inputs = {"gate_up-matmul-quack": (x, weight), "swiglu-quack": (x, weight),
                   "down-residual-rmsnorm-quack": (inner, down_weight, x)}
-        for kernel, (fused, pytorch) in quack_layer_ops().items():
+        for kernel, (fused, pytorch) in quack_ops.items():
             try:
                 records.append(compare(shape, kernel, fused, pytorch, inputs[kernel]))
             except Exception as error:  # a configuration quack does not support: report it, time the rest

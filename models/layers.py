@@ -52,14 +52,25 @@ def _import_flash(backend: str) -> Optional[Callable]:
     return flash_attn_func
 
 
+def _sdpa_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """PyTorch SDPA over [batch, seq, heads, head_dim] tensors (SDPA itself wants [batch, heads, seq, head_dim])."""
+    out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
+    return out.transpose(1, 2)
+
+
+def _flash_attention(func: Callable, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """A FlashAttention package's non-causal attention; some FlashAttention 3 releases return (out, softmax_lse)."""
+    out = func(query, key, value, causal=False)
+    return out[0] if isinstance(out, tuple) else out
+
+
 def _flash_works(backend: str, func: Callable, device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
     """Run a FlashAttention function once on small random inputs and compare it with SDPA."""
     generator = torch.Generator(device=device).manual_seed(0)
     query, key, value = (torch.randn(2, 16, 2, head_dim, device=device, generator=generator).to(dtype) for _ in range(3))
-    expected = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)).transpose(1, 2)
+    expected = _sdpa_attention(query, key, value)
     try:
-        out = func(query, key, value, causal=False)
-        out = out[0] if isinstance(out, tuple) else out
+        out = _flash_attention(func, query, key, value)
         error = ((out.float() - expected.float()).norm() / expected.float().norm()).item()
     except Exception as failure:  # a kernel or JIT failure on this GPU: warn, then try the next backend
         warnings.warn(f"{backend} imports but fails on {device} ({type(failure).__name__}: {failure}); not using it.")
@@ -115,12 +126,8 @@ def _attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> t
     """Non-causal softmax attention over [batch, seq, heads, head_dim] tensors."""
     backend = _select_backend(query.device.type, query.device.index or 0, query.dtype, query.shape[-1], query.shape[1])
     if backend == SDPA:
-        # SDPA wants [batch, heads, seq, head_dim].
-        out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
-        return out.transpose(1, 2)
-    out = _flash_funcs[backend](query, key, value, causal=False)
-    # Some FlashAttention 3 releases return (out, softmax_lse).
-    return out[0] if isinstance(out, tuple) else out
+        return _sdpa_attention(query, key, value)
+    return _flash_attention(_flash_funcs[backend], query, key, value)
 
 
 # Layers ------------------------------------------------------------------------------------------

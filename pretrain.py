@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dataset.common import DatasetError
+from models.kernels import swiglu_kernel_name
 from models.layers import attention_backend
 from models.optimizers import build_adam_atan2
 from models.sparse_embedding import CastedSparseEmbeddingSignSGD_Distributed
@@ -170,6 +171,14 @@ def attention_description(state: TrainState, device: torch.device) -> str:
     model = state.loss_head.model
     seq_len = model.config.seq_len + model.inner.puzzle_emb_len
     return attention_backend(seq_len, device, model.inner.forward_dtype, model.config.hidden_size // model.config.num_heads)
+
+
+def fused_kernel_description(state: TrainState, device: torch.device) -> str:
+    """Which fused SwiGLU kernel the gradient-free passes use here (arch.fused_kernels)."""
+    model = state.loss_head.model
+    if not model.config.fused_kernels:
+        return "off"
+    return swiglu_kernel_name(device.type, device.index or 0, model.inner.forward_dtype) or "none usable here, PyTorch"
 
 
 def build_loss_head(config: PretrainConfig, metadata, context: DistributedContext) -> nn.Module:
@@ -487,7 +496,7 @@ def run_training(overrides: Sequence[str], context: DistributedContext) -> Optio
         parameters = sum(parameter.numel() for parameter in state.loss_head.parameters())
         print(f"{config.run_name}: {parameters:,} parameters, {state.total_steps} steps, {context.world_size} process(es) on "
               f"{context.device.type}, compile {compile_description(state)}, attention {attention_description(state, context.device)}, "
-              f"checkpoints in {config.checkpoint_path}"
+              f"fused SwiGLU {fused_kernel_description(state, context.device)}, checkpoints in {config.checkpoint_path}"
               + (f", resuming from {os.path.basename(resume_from)}" if resume_from else ""))
     else:
         logger = SilentLogger()

@@ -55,7 +55,7 @@ sys.path.insert(0, REPO_ROOT)
 import pretrain  # noqa: E402
 from dataset.common import PuzzleDatasetMetadata  # noqa: E402
 from models import layers  # noqa: E402
-from models.kernels import kernels_usable  # noqa: E402
+from models.kernels import swiglu_kernel_name  # noqa: E402
 from models.losses import IGNORE_LABEL_ID  # noqa: E402
 from utils.config import ConfigError, PretrainConfig, check_world_size, environment_overrides, load_config, validate_config  # noqa: E402
 from utils.distributed import DistributedContext, distributed_session, end_process  # noqa: E402
@@ -415,7 +415,8 @@ def benchmark_variant(variant: Variant, base_config: PretrainConfig, metadata: P
         "compile_mode": variant.compile_mode,
         "cuda_graphs": isinstance(state.step_fn, pretrain.CudaGraphStep),
         "attention_backend": backend,
-        "fused_kernels": bool(model.config.fused_kernels and kernels_usable(device.type, device.index or 0, dtype)),
+        # The fused SwiGLU kernel of the gradient-free passes ("quack" or "triton"); null: PyTorch.
+        "fused_kernel": swiglu_kernel_name(device.type, device.index or 0, dtype) if model.config.fused_kernels else None,
         "optimizers": [f"{type(optimizer).__module__}.{type(optimizer).__qualname__}" for optimizer in state.optimizers],
         "parameters": sum(p.numel() for p in state.loss_head.parameters()),
         "compile_seconds": round(compile_seconds, 3),

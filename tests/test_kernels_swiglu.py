@@ -9,7 +9,8 @@ import torch
 
 pytest.importorskip("triton")
 
-from models.kernels.swiglu import swiglu, swiglu_reference  # noqa: E402
+from models.kernels import swiglu_reference  # noqa: E402
+from models.kernels.swiglu import swiglu  # noqa: E402
 from models.layers import CastedLinear, SwiGLU  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -7,7 +7,7 @@ products in registers and writes only the [M, I] activation, which removes that 
 Rounding: gate and up are accumulated in float32 and rounded to the input dtype, exactly as the
 unfused matmul stores them; silu(gate) * up is then computed in float32 and rounded once. (The
 unfused half-precision path also rounds silu(gate) before the product, so results can differ from
-it by an ulp; `swiglu_reference` follows this kernel's steps.)
+it by an ulp; `models.kernels.swiglu_reference` follows this kernel's steps.)
 
 Importing this module raises ImportError where Triton is not installed.
 """
@@ -164,10 +164,3 @@ def swiglu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     dot_precision = "ieee" if x.dtype == torch.float32 else "tf32"
     _swiglu_kernel[grid](x, weight, out, rows, hidden, inner, DOT_PRECISION=dot_precision)
     return out
-
-
-def swiglu_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """What `swiglu` computes, in plain PyTorch with the same rounding steps."""
-    gate_up = (x.float() @ weight.float().t()).to(x.dtype).float()
-    gate, up = gate_up.chunk(2, dim=-1)
-    return (F.silu(gate) * up).to(x.dtype)

@@ -15,7 +15,6 @@ Importing this module raises ImportError where Triton is not installed.
 import os
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 

@@ -31,6 +31,7 @@ from triton.testing import do_bench
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from models import layers  # noqa: E402
+from models.kernels import SWIGLU_KERNELS  # noqa: E402
 from models.kernels.swiglu import swiglu  # noqa: E402
 from models.layers import rms_norm  # noqa: E402
 
@@ -52,14 +53,13 @@ def down_residual_norm_pytorch(x: torch.Tensor, weight: torch.Tensor, residual: 
 def quack_layer_ops() -> dict:
     """The quack versions of the layer operations, by name; empty where the package does not import."""
     try:
-        from quack.gemm_interface import gemm, gemm_act, gemm_add
+        from quack.gemm_interface import gemm, gemm_add
     except Exception:  # missing, or built for another CUDA/PyTorch: time the rest
         return {}
     compiled_norm = torch.compile(rms_norm, dynamic=False)
     return {
         "gate_up-matmul-quack": (lambda x, weight: gemm(x, weight.T), lambda x, weight: F.linear(x, weight)),
-        "swiglu-quack": (lambda x, weight: gemm_act(x, weight.T, activation="swiglu", store_preact=False, concat_layout=("B",))[1],
-                         swiglu_pytorch),
+        "swiglu-quack": (SWIGLU_KERNELS["quack"], swiglu_pytorch),  # the kernel arch.fused_kernels uses
         "down-residual-rmsnorm-quack": (lambda x, weight, residual: compiled_norm(gemm_add(x, weight.T, residual), 1e-5),
                                         down_residual_norm_pytorch),
     }

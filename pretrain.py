@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from dataset.common import DatasetError
 from models.kernels import swiglu_kernel_name
+from models.kernels.block import block_kernel_name, block_supported
 from models.layers import attention_backend
 from models.optimizers import build_adam_atan2
 from models.sparse_embedding import CastedSparseEmbeddingSignSGD_Distributed
@@ -173,12 +174,17 @@ def attention_description(state: TrainState, device: torch.device) -> str:
     return attention_backend(seq_len, device, model.inner.forward_dtype, model.config.hidden_size // model.config.num_heads)
 
 
-def fused_kernel_description(state: TrainState, device: torch.device) -> str:
-    """Which fused SwiGLU kernel the gradient-free passes use here (arch.fused_kernels)."""
-    model = state.loss_head.model
-    if not model.config.fused_kernels:
-        return "off"
-    return swiglu_kernel_name(device.type, device.index or 0, model.inner.forward_dtype) or "none usable here, PyTorch"
+def fused_kernels_in_use(model: nn.Module, device: torch.device) -> Optional[str]:
+    """The fused kernels of the gradient-free passes here (arch.fused_kernels): "quack block" (the whole
+    block in quack epilogues), "quack SwiGLU" or "triton SwiGLU"; None: the PyTorch path."""
+    config, dtype = model.config, model.inner.forward_dtype
+    if not config.fused_kernels:
+        return None
+    block_kernels = block_kernel_name(device.type, device.index or 0, dtype)
+    if model.inner.fused_block and block_kernels and block_supported(config.hidden_size, config.hidden_size // config.num_heads):
+        return f"{block_kernels} block"
+    swiglu_kernels = swiglu_kernel_name(device.type, device.index or 0, dtype)
+    return f"{swiglu_kernels} SwiGLU" if swiglu_kernels else None
 
 
 def build_loss_head(config: PretrainConfig, metadata, context: DistributedContext) -> nn.Module:
@@ -496,7 +502,7 @@ def run_training(overrides: Sequence[str], context: DistributedContext) -> Optio
         parameters = sum(parameter.numel() for parameter in state.loss_head.parameters())
         print(f"{config.run_name}: {parameters:,} parameters, {state.total_steps} steps, {context.world_size} process(es) on "
               f"{context.device.type}, compile {compile_description(state)}, attention {attention_description(state, context.device)}, "
-              f"fused SwiGLU {fused_kernel_description(state, context.device)}, checkpoints in {config.checkpoint_path}"
+              f"fused kernels {fused_kernels_in_use(state.loss_head.model, context.device) or 'off'}, checkpoints in {config.checkpoint_path}"
               + (f", resuming from {os.path.basename(resume_from)}" if resume_from else ""))
     else:
         logger = SilentLogger()

@@ -10,6 +10,10 @@ Prints one JSON line per shape and kernel:
   Hopper and newer), the same way: its plain matrix product against cuBLAS, the gate/up product with
   silu(gate) * up in its epilogue, and the down projection with the residual added in its epilogue
   (then the compiled RMSNorm);
+- the fused block of `arch.fused_kernels` (models/kernels/block.py, quack): each of its four
+  products with its epilogue against the compiled PyTorch code it replaces (qkv + RoPE, o_proj +
+  residual + RMSNorm, gate/up + SwiGLU, down + residual + RMSNorm); timings only, as the outputs'
+  layouts differ (tests/test_kernels_block.py checks the values);
 - attention: every kernel that runs here (PyTorch SDPA's cuDNN, flash and memory-efficient kernels,
   FlashAttention 2, 3 and 4 where installed): median microseconds of the forward alone (as the
   step's 40 gradient-free layer passes run it) and of forward + backward (the 8 passes with
@@ -31,7 +35,7 @@ from triton.testing import do_bench
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from models import layers  # noqa: E402
-from models.kernels import SWIGLU_KERNELS  # noqa: E402
+from models.kernels import SWIGLU_KERNELS, block  # noqa: E402
 from models.kernels.swiglu import swiglu  # noqa: E402
 from models.layers import rms_norm  # noqa: E402
 
@@ -48,6 +52,50 @@ def swiglu_pytorch(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 def down_residual_norm_pytorch(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     return rms_norm(residual + F.linear(x, weight), 1e-5)
+
+
+def qkv_rope_pytorch(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    qkv = F.linear(x, weight).view(-1, 82 if x.shape[0] % 901 else 901, 3 * NUM_HEADS, HEAD_DIM)
+    query, key = layers.apply_rotary_pos_emb(qkv[:, :, :NUM_HEADS], qkv[:, :, NUM_HEADS : 2 * NUM_HEADS], cos, sin)
+    return query, key, qkv[:, :, 2 * NUM_HEADS :]
+
+
+def block_records(generator: torch.Generator) -> list:
+    """The fused block's four products against the compiled PyTorch code they replace, per shape."""
+    try:
+        kernels = block.BLOCK_KERNELS["quack"]()
+    except ImportError:
+        return []
+    records = []
+    for shape, (batch, seq) in SHAPES.items():
+        def random(*size, scale=1.0):
+            return (torch.randn(*size, device="cuda", generator=generator) * scale).to(torch.bfloat16)
+
+        x, residual, inner = random(batch * seq, HIDDEN), random(batch * seq, HIDDEN), random(batch * seq, INNER)
+        rstd = torch.rand(batch * seq, device="cuda", generator=generator) + 0.5
+        qkv_weight, o_weight = random(3 * HIDDEN, HIDDEN, scale=HIDDEN**-0.5), random(HIDDEN, HIDDEN, scale=HIDDEN**-0.5)
+        gate_up_weight, down_weight = random(2 * INNER, HIDDEN, scale=HIDDEN**-0.5), random(HIDDEN, INNER, scale=INNER**-0.5)
+        rotary = layers.RotaryEmbedding(dim=HEAD_DIM, max_position_embeddings=seq, base=10000.0).cuda()
+        tables = block.rope_tables(rotary.inv_freq, batch, seq, NUM_HEADS, HEAD_DIM, torch.device("cuda"))
+        cases = {
+            "qkv-rope-block": (lambda: kernels.rope_qkv(x, qkv_weight, rstd, *tables), qkv_rope_pytorch, (x, qkv_weight, *rotary())),
+            "o-residual-rmsnorm-block": (lambda: kernels.residual_rms(x, o_weight, residual, rstd, 1e-5), down_residual_norm_pytorch,
+                                         (x, o_weight, residual)),
+            "swiglu-rstd-block": (lambda: kernels.rstd_swiglu(x, gate_up_weight, rstd), swiglu_pytorch, (x, gate_up_weight)),
+            "down-residual-rmsnorm-block": (lambda: kernels.residual_rms(inner, down_weight, residual, rstd, 1e-5),
+                                            down_residual_norm_pytorch, (inner, down_weight, residual)),
+        }
+        for kernel, (fused, pytorch, inputs) in cases.items():
+            try:
+                compiled = torch.compile(pytorch, dynamic=False)
+                with torch.no_grad():
+                    fused_us = do_bench(fused, warmup=50, rep=300, return_mode="median") * 1e3
+                    pytorch_us = do_bench(lambda: compiled(*inputs), warmup=50, rep=300, return_mode="median") * 1e3
+                records.append({"shape": shape, "kernel": kernel, "fused_us": round(fused_us, 1), "pytorch_compiled_us": round(pytorch_us, 1),
+                                "speedup": round(pytorch_us / fused_us, 3), "device": torch.cuda.get_device_name(), "torch": torch.__version__})
+            except Exception as error:  # a configuration quack does not support: report it, time the rest
+                records.append({"shape": shape, "kernel": kernel, "error": f"{type(error).__name__}: {error}"[:500]})
+    return records
 
 
 def quack_layer_ops() -> dict:
@@ -176,12 +224,15 @@ def attention_records(generator: torch.Generator) -> list:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", help="also append the JSON lines to this file")
+    parser.add_argument("--only", choices=["block"], help="time only the fused block's products")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/kernels.py needs a CUDA GPU")
 
     generator = torch.Generator(device="cuda").manual_seed(0)
-    for record in layer_records(generator) + attention_records(generator):
+    only_block = args.only == "block"
+    records = block_records(generator) if only_block else layer_records(generator) + block_records(generator) + attention_records(generator)
+    for record in records:
         line = json.dumps(record)
         print(line)
         if args.output:

@@ -22,8 +22,10 @@ A variant is one or more parts joined by '+':
                                   attention through PyTorch SDPA with only that kernel allowed
     flash-attn-2 | flash-attn-3 | flash-attn-4
                                   attention through that FlashAttention package (it must be installed)
-    fused | unfused               the fused SwiGLU Triton kernel of the gradient-free passes on | off
-                                  (arch.fused_kernels; unfused is the original's computation path)
+    fused | unfused               the fused kernels of the gradient-free passes on | off (arch.fused_kernels:
+                                  the whole block in quack epilogues, else a fused SwiGLU; unfused is the
+                                  original's computation path)
+    fused-swiglu                  fused kernels, but only the SwiGLU ones (the block path off)
 e.g. `--compare eager,compile,compile+sdpa-cudnn`. Variants run one after another in one process, each
 on a freshly built train state, so their ratios are measured side by side.
 
@@ -55,7 +57,6 @@ sys.path.insert(0, REPO_ROOT)
 import pretrain  # noqa: E402
 from dataset.common import PuzzleDatasetMetadata  # noqa: E402
 from models import layers  # noqa: E402
-from models.kernels import swiglu_kernel_name  # noqa: E402
 from models.losses import IGNORE_LABEL_ID  # noqa: E402
 from utils.config import ConfigError, PretrainConfig, check_world_size, environment_overrides, load_config, validate_config  # noqa: E402
 from utils.distributed import DistributedContext, distributed_session, end_process  # noqa: E402
@@ -179,16 +180,20 @@ class Variant:
     sdpa_backend: Optional[SDPBackend] = None  # None: the backend models.layers picks
     flash_package: Optional[str] = None  # a FlashAttention backend of models.layers; None: the one it picks
     fused_kernels: Optional[bool] = None  # None: as the arch config says
+    fused_block: bool = True  # with fused kernels, the whole block in epilogues where it works
 
 
 def parse_variant(name: str) -> Variant:
     compile_modes = list(torch._inductor.list_mode_options())
     compile, compile_mode, sdpa_backend, flash_package, fused_kernels, cuda_graphs = None, None, None, None, None, False
+    fused_block = True
     for part in name.split("+"):
         if part == "default":
             continue
         if part in ("fused", "unfused"):
             fused_kernels = part == "fused"
+        elif part == "fused-swiglu":
+            fused_kernels, fused_block = True, False
         elif part in ("eager", "compile"):
             compile = part == "compile"
         elif part == "cuda-graphs":
@@ -205,12 +210,12 @@ def parse_variant(name: str) -> Variant:
             raise ValueError(
                 f"unknown variant part '{part}' in '{name}': use default, eager, compile, "
                 f"{', '.join('compile-' + mode for mode in compile_modes)}, cuda-graphs, {', '.join(SDPA_BACKENDS)}, "
-                f"{', '.join(FLASH_PACKAGES)}, fused, unfused, joined by '+'"
+                f"{', '.join(FLASH_PACKAGES)}, fused, fused-swiglu, unfused, joined by '+'"
             )
     if sdpa_backend is not None and flash_package is not None:
         raise ValueError(f"'{name}' names an SDPA kernel and a FlashAttention package: attention runs through one of them")
     return Variant(name, compile=compile, compile_mode=compile_mode, cuda_graphs=cuda_graphs, sdpa_backend=sdpa_backend,
-                   flash_package=flash_package, fused_kernels=fused_kernels)
+                   flash_package=flash_package, fused_kernels=fused_kernels, fused_block=fused_block)
 
 
 def build_state(base_config: PretrainConfig, variant: Variant, metadata: PuzzleDatasetMetadata, context: DistributedContext):
@@ -227,6 +232,8 @@ def build_state(base_config: PretrainConfig, variant: Variant, metadata: PuzzleD
     # stdout carries only the JSON lines; the optimiser builder reports its choice with print().
     with contextlib.redirect_stdout(sys.stderr):
         state = pretrain.build_train_state(config, metadata, context)
+    if not variant.fused_block:
+        state.loss_head.model.inner.fused_block = False
     if variant.compile_mode is not None:
         state.step_fn = torch.compile(state.loss_head, dynamic=False, mode=variant.compile_mode)
     return config, state
@@ -415,8 +422,8 @@ def benchmark_variant(variant: Variant, base_config: PretrainConfig, metadata: P
         "compile_mode": variant.compile_mode,
         "cuda_graphs": isinstance(state.step_fn, pretrain.CudaGraphStep),
         "attention_backend": backend,
-        # The fused SwiGLU kernel of the gradient-free passes ("quack" or "triton"); null: PyTorch.
-        "fused_kernel": swiglu_kernel_name(device.type, device.index or 0, dtype) if model.config.fused_kernels else None,
+        # The fused kernels of the gradient-free passes ("quack block", "quack SwiGLU", "triton SwiGLU"); null: PyTorch.
+        "fused_kernel": pretrain.fused_kernels_in_use(model, device),
         "optimizers": [f"{type(optimizer).__module__}.{type(optimizer).__qualname__}" for optimizer in state.optimizers],
         "parameters": sum(p.numel() for p in state.loss_head.parameters()),
         "compile_seconds": round(compile_seconds, 3),

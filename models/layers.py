@@ -197,7 +197,9 @@ class RotaryEmbedding(nn.Module):
         positions = torch.arange(max_position_embeddings, dtype=torch.float32)
         freqs = torch.outer(positions, inv_freq)
         angles = torch.cat((freqs, freqs), dim=-1)
-        # Derived from the config, so not saved in checkpoints.
+        # Derived from the config, so not saved in checkpoints. The fused block kernels rotate with
+        # inv_freq itself (models/kernels/block.py).
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.register_buffer("cos_cached", angles.cos(), persistent=False)
         self.register_buffer("sin_cached", angles.sin(), persistent=False)
 
@@ -217,13 +219,15 @@ class Attention(nn.Module):
         self.o_proj = CastedLinear(num_heads * self.head_dim, hidden_size, bias=False)
 
     def forward(self, cos_sin: Optional[CosSin], hidden_states: torch.Tensor) -> torch.Tensor:
-        batch_size, seq_len, _ = hidden_states.shape
-        qkv = self.qkv_proj(hidden_states).view(batch_size, seq_len, 3 * self.num_heads, self.head_dim)
-        query, key, value = qkv.split(self.num_heads, dim=2)
+        return self.o_proj(self.attend(self.qkv_proj(hidden_states), cos_sin))
+
+    def attend(self, qkv: torch.Tensor, cos_sin: Optional[CosSin] = None) -> torch.Tensor:
+        """Attention from the qkv projection [batch, seq, 3 * hidden] to o_proj's input [batch, seq, hidden]."""
+        batch_size, seq_len, _ = qkv.shape
+        query, key, value = qkv.view(batch_size, seq_len, 3 * self.num_heads, self.head_dim).split(self.num_heads, dim=2)
         if cos_sin is not None:
             query, key = apply_rotary_pos_emb(query, key, *cos_sin)
-        out = _attention(query, key, value)
-        return self.o_proj(out.reshape(batch_size, seq_len, self.num_heads * self.head_dim))
+        return _attention(query, key, value).reshape(batch_size, seq_len, self.num_heads * self.head_dim)
 
 
 class SwiGLU(nn.Module):

@@ -13,11 +13,9 @@ import torch
 import torch.nn.functional as F
 
 import models.hrm.hrm_act_v1 as hrm_module
-from models.hrm.hrm_act_v1 import HierarchicalReasoningModel_ACTV1
 from models.kernels import block
 from models.layers import RotaryEmbedding, apply_rotary_pos_emb
-from models.losses import ACTLossHead
-from tests.test_model_act import make_batch
+from tests.test_model_act import assert_training_calls_match, evaluation_result, fused_and_plain_heads, make_batch, training_calls
 
 CPU = torch.device("cpu")
 CONFIG = dict(
@@ -77,16 +75,7 @@ def test_residual_rms_returns_the_sum_and_its_inverse_rms():
 
 
 def build_pair(**overrides):
-    """Two loss heads with identical weights, one asking for fused kernels, one not."""
-    config = {**CONFIG, **overrides}
-    torch.manual_seed(0)
-    fused = ACTLossHead(HierarchicalReasoningModel_ACTV1({**config, "fused_kernels": True}), "stablemax_cross_entropy")
-    plain = ACTLossHead(HierarchicalReasoningModel_ACTV1({**config, "fused_kernels": False}), "stablemax_cross_entropy")
-    plain.load_state_dict(fused.state_dict())
-    with torch.no_grad():  # a non-trivial Q head, so halting decisions depend on the computation
-        for head in (fused, plain):
-            head.model.inner.q_head.weight.copy_(torch.linspace(-0.5, 0.5, head.model.inner.q_head.weight.numel()).view(2, -1))
-    return fused, plain
+    return fused_and_plain_heads({**CONFIG, **overrides})
 
 
 @pytest.fixture
@@ -109,44 +98,20 @@ def fused_block_on_cpu(monkeypatch):
 def test_fused_block_training_calls_equal_the_pytorch_path(fused_block_on_cpu):
     fused, plain = build_pair()
     batch = make_batch(CONFIG)
-    results = []
-    for head in (fused.train(), plain.train()):
-        torch.manual_seed(1)
-        carry, calls = head.initial_carry(batch), []
-        for _ in range(3):
-            head.zero_grad(set_to_none=True)
-            carry, loss, _, outputs, _ = head(carry=carry, batch=batch, return_keys=["logits", "q_halt_logits"])
-            loss.backward()
-            grads = {name: param.grad.clone() for name, param in head.named_parameters() if param.grad is not None}
-            calls.append((loss.detach(), outputs, carry.halted.clone(), carry.inner_carry.z_L.clone(), grads))
-        results.append(calls)
+    fused_calls = training_calls(fused.train(), batch)
     # Per call, 3 gradient-free L updates and 1 H update, and the Q-target segment's 4 + 2, of 2 blocks each.
     assert len(fused_block_on_cpu) == 3 * (3 + 1 + 4 + 2) * 2
-    for (loss, outputs, halted, z_L, grads), reference in zip(*results):
-        torch.testing.assert_close(loss, reference[0], rtol=1e-5, atol=0)
-        for key in outputs:
-            torch.testing.assert_close(outputs[key], reference[1][key], rtol=1e-4, atol=1e-5)
-        assert torch.equal(halted, reference[2])
-        torch.testing.assert_close(z_L, reference[3], rtol=1e-4, atol=1e-5)
-        assert grads.keys() == reference[4].keys()
-        for name in grads:
-            torch.testing.assert_close(grads[name], reference[4][name], rtol=1e-4, atol=1e-6)
+    assert_training_calls_match(fused_calls, training_calls(plain.train(), batch))
 
 
 def test_fused_block_evaluation_without_rope_equals_the_pytorch_path(fused_block_on_cpu):
     fused, plain = build_pair(pos_encodings="learned")
     batch = make_batch(CONFIG, seed=3)
-    results = []
-    for head in (fused.eval(), plain.eval()):
-        with torch.inference_mode():
-            carry = head.initial_carry(batch)
-            for _ in range(CONFIG["halt_max_steps"]):
-                carry, _, metrics, outputs, _ = head(carry=carry, batch=batch, return_keys=["logits"])
-        results.append((outputs["logits"], metrics["exact_accuracy"], carry.inner_carry.z_H))
+    (logits, exact, z_L), reference = (evaluation_result(head, batch, CONFIG["halt_max_steps"]) for head in (fused, plain))
     assert fused_block_on_cpu  # the fused path ran
-    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-4, atol=1e-5)
-    assert torch.equal(results[0][1], results[1][1])
-    torch.testing.assert_close(results[0][2], results[1][2], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(logits, reference[0], rtol=1e-4, atol=1e-5)
+    assert torch.equal(exact, reference[1])
+    torch.testing.assert_close(z_L, reference[2], rtol=1e-4, atol=1e-5)
 
 
 def test_the_fused_block_stays_off_without_the_setting_or_for_unsupported_shapes(fused_block_on_cpu):

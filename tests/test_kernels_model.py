@@ -11,10 +11,14 @@ import torch
 pytest.importorskip("triton")
 
 import models.layers as layers_module  # noqa: E402
-from models.hrm.hrm_act_v1 import HierarchicalReasoningModel_ACTV1  # noqa: E402
 from models.kernels import kernels_usable  # noqa: E402
-from models.losses import ACTLossHead  # noqa: E402
-from tests.test_model_act import make_batch  # noqa: E402
+from tests.test_model_act import (  # noqa: E402
+    assert_training_calls_match,
+    evaluation_result,
+    fused_and_plain_heads,
+    make_batch,
+    training_calls,
+)
 
 # Small, but with shapes the kernel handles: hidden 64, inner 256.
 CONFIG = dict(
@@ -25,16 +29,7 @@ CONFIG = dict(
 
 
 def build_pair(**overrides):
-    """Two loss heads with identical weights, one with fused kernels, one without."""
-    config = {**CONFIG, **overrides}
-    torch.manual_seed(0)
-    fused = ACTLossHead(HierarchicalReasoningModel_ACTV1({**config, "fused_kernels": True}), "stablemax_cross_entropy")
-    plain = ACTLossHead(HierarchicalReasoningModel_ACTV1({**config, "fused_kernels": False}), "stablemax_cross_entropy")
-    plain.load_state_dict(fused.state_dict())
-    with torch.no_grad():  # a non-trivial Q head, so halting decisions depend on the computation
-        for head in (fused, plain):
-            head.model.inner.q_head.weight.copy_(torch.linspace(-0.5, 0.5, head.model.inner.q_head.weight.numel()).view(2, -1))
-    return fused, plain
+    return fused_and_plain_heads({**CONFIG, **overrides})
 
 
 @pytest.fixture
@@ -62,47 +57,19 @@ def test_unsupported_shapes_keep_the_pytorch_path():
     assert not fused.model.inner.L_level.layers[0].mlp.fused
 
 
-def run_calls(head, batch, calls=3):
-    """Training calls (loss, outputs, halting, gradients) with the same exploration draws."""
-    torch.manual_seed(1)
-    carry, results = head.initial_carry(batch), []
-    for _ in range(calls):
-        head.zero_grad(set_to_none=True)
-        carry, loss, metrics, outputs, _ = head(carry=carry, batch=batch, return_keys=["logits", "q_halt_logits", "q_continue_logits"])
-        loss.backward()
-        grads = {name: param.grad.clone() for name, param in head.named_parameters() if param.grad is not None}
-        results.append((loss.detach(), outputs, carry.halted.clone(), carry.inner_carry.z_H.clone(), grads))
-    return results
-
-
 def test_fused_training_calls_equal_the_pytorch_path(fused_on_cpu):
     fused, plain = build_pair()
     batch = make_batch(CONFIG)
-    for mine, reference in zip(run_calls(fused.train(), batch), run_calls(plain.train(), batch)):
-        loss, outputs, halted, z_H, grads = mine
-        assert torch.allclose(loss, reference[0], rtol=1e-5)
-        for key in outputs:
-            assert torch.allclose(outputs[key], reference[1][key], rtol=1e-4, atol=1e-5), key
-        assert torch.equal(halted, reference[2])
-        assert torch.allclose(z_H, reference[3], rtol=1e-4, atol=1e-5)
-        assert grads.keys() == reference[4].keys()
-        for name in grads:
-            assert torch.allclose(grads[name], reference[4][name], rtol=1e-4, atol=1e-6), name
+    assert_training_calls_match(training_calls(fused.train(), batch), training_calls(plain.train(), batch))
 
 
 def test_fused_evaluation_equals_the_pytorch_path(fused_on_cpu):
     fused, plain = build_pair(pos_encodings="learned")
     batch = make_batch(CONFIG, seed=3)
-    results = []
-    for head in (fused.eval(), plain.eval()):
-        with torch.inference_mode():
-            carry = head.initial_carry(batch)
-            for _ in range(CONFIG["halt_max_steps"]):
-                carry, _, metrics, outputs, _ = head(carry=carry, batch=batch, return_keys=["logits"])
-        results.append((outputs["logits"], metrics["exact_accuracy"], carry.inner_carry.z_L))
-    assert torch.allclose(results[0][0], results[1][0], rtol=1e-4, atol=1e-5)
-    assert torch.equal(results[0][1], results[1][1])
-    assert torch.allclose(results[0][2], results[1][2], rtol=1e-4, atol=1e-5)
+    (logits, exact, z_L), reference = (evaluation_result(head, batch, CONFIG["halt_max_steps"]) for head in (fused, plain))
+    torch.testing.assert_close(logits, reference[0], rtol=1e-4, atol=1e-5)
+    assert torch.equal(exact, reference[1])
+    torch.testing.assert_close(z_L, reference[2], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -30,6 +30,54 @@ def make_head(seed: int = 0, **overrides) -> ACTLossHead:
     return ACTLossHead(HierarchicalReasoningModel_ACTV1({**SMALL, **overrides}), "stablemax_cross_entropy")
 
 
+def fused_and_plain_heads(config: dict):
+    """Two loss heads with identical weights, one with arch.fused_kernels, one without; their Q heads
+    non-trivial, so that halting decisions depend on the computation."""
+    torch.manual_seed(0)
+    fused = ACTLossHead(HierarchicalReasoningModel_ACTV1({**config, "fused_kernels": True}), "stablemax_cross_entropy")
+    plain = ACTLossHead(HierarchicalReasoningModel_ACTV1({**config, "fused_kernels": False}), "stablemax_cross_entropy")
+    plain.load_state_dict(fused.state_dict())
+    with torch.no_grad():
+        for head in (fused, plain):
+            head.model.inner.q_head.weight.copy_(torch.linspace(-0.5, 0.5, head.model.inner.q_head.weight.numel()).view(2, -1))
+    return fused, plain
+
+
+def training_calls(head: ACTLossHead, batch: dict, calls: int = 3) -> list:
+    """Training calls (loss, outputs, halting, z_H, gradients), with the same exploration draws each time."""
+    torch.manual_seed(1)
+    carry, results = head.initial_carry(batch), []
+    for _ in range(calls):
+        head.zero_grad(set_to_none=True)
+        carry, loss, metrics, outputs, _ = head(carry=carry, batch=batch, return_keys=["logits", "q_halt_logits", "q_continue_logits"])
+        loss.backward()
+        grads = {name: param.grad.clone() for name, param in head.named_parameters() if param.grad is not None}
+        results.append((loss.detach(), outputs, carry.halted.clone(), carry.inner_carry.z_H.clone(), grads))
+    return results
+
+
+def assert_training_calls_match(calls: list, reference_calls: list) -> None:
+    """`training_calls` of two heads agree to float32 rounding."""
+    for (loss, outputs, halted, z_H, grads), reference in zip(calls, reference_calls, strict=True):
+        torch.testing.assert_close(loss, reference[0], rtol=1e-5, atol=0)
+        for key in outputs:
+            torch.testing.assert_close(outputs[key], reference[1][key], rtol=1e-4, atol=1e-5)
+        assert torch.equal(halted, reference[2])
+        torch.testing.assert_close(z_H, reference[3], rtol=1e-4, atol=1e-5)
+        assert grads.keys() == reference[4].keys()
+        for name in grads:
+            torch.testing.assert_close(grads[name], reference[4][name], rtol=1e-4, atol=1e-6)
+
+
+def evaluation_result(head: ACTLossHead, batch: dict, steps: int) -> tuple:
+    """Logits, exact accuracy and z_L after `steps` evaluation calls."""
+    with torch.inference_mode():
+        carry = head.eval().initial_carry(batch)
+        for _ in range(steps):
+            carry, _, metrics, outputs, _ = head(carry=carry, batch=batch, return_keys=["logits"])
+    return outputs["logits"], metrics["exact_accuracy"], carry.inner_carry.z_L
+
+
 def set_q_head(head: ACTLossHead, halt_bias: float, continue_bias: float) -> None:
     with torch.no_grad():
         head.model.inner.q_head.weight.zero_()

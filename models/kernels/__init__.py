@@ -69,18 +69,29 @@ def _self_check(kernel: Callable, device: torch.device, dtype: torch.dtype) -> N
         raise RuntimeError(f"it differs from PyTorch by {error:.3g} (relative)")
 
 
-def choose_swiglu_kernel(device: torch.device, dtype: torch.dtype, kernels: dict[str, Callable] = SWIGLU_KERNELS) -> Optional[str]:
-    """The first kernel that imports, runs and matches the reference on this device, or None."""
-    for name, kernel in kernels.items():
+def first_passing(checks: dict[str, Callable[[], None]], what: str, device: torch.device) -> Optional[str]:
+    """The name of the first check that runs without raising, or None.
+
+    A check that raises ImportError (its package is not installed) is skipped silently: the next one
+    is the intended fallback. One that fails otherwise (a compiler or driver failure on this GPU, or
+    wrong results) is skipped with a warning naming `what`.
+    """
+    for name, check in checks.items():
         try:
-            _self_check(kernel, device, dtype)
+            check()
         except ImportError:
-            continue  # the package is not installed: the next kernel is the intended fallback
-        except Exception as error:  # a compiler or driver failure on this GPU, or wrong results
-            warnings.warn(f"Fused SwiGLU kernel '{name}' skipped on {device} ({type(error).__name__}: {error}).")
+            continue
+        except Exception as error:
+            warnings.warn(f"{what} '{name}' skipped on {device} ({type(error).__name__}: {error}).")
             continue
         return name
     return None
+
+
+def choose_swiglu_kernel(device: torch.device, dtype: torch.dtype, kernels: dict[str, Callable] = SWIGLU_KERNELS) -> Optional[str]:
+    """The first kernel that imports, runs and matches the reference on this device, or None."""
+    checks = {name: functools.partial(_self_check, kernel, device, dtype) for name, kernel in kernels.items()}
+    return first_passing(checks, "Fused SwiGLU kernel", device)
 
 
 @functools.cache

@@ -32,11 +32,12 @@ after it matched them there.
 
 import functools
 import math
-import warnings
 from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+
+from models.kernels import first_passing
 
 _FUSED_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -131,8 +132,9 @@ def _quack_kernels() -> BlockKernels:
 BLOCK_KERNELS: dict[str, Callable[[], BlockKernels]] = {"quack": _quack_kernels}
 
 
-def _self_check(kernels: BlockKernels, device: torch.device, dtype: torch.dtype) -> None:
-    """Run each kernel once on random inputs of a small block and compare it with its reference."""
+def _self_check(build: Callable[[], BlockKernels], device: torch.device, dtype: torch.dtype) -> None:
+    """Build a kernel set, run each kernel once on random inputs of a small block and compare it with its reference."""
+    kernels = build()
     generator = torch.Generator(device=device).manual_seed(0)
 
     def random(*shape: int, scale: float = 1.0) -> torch.Tensor:
@@ -159,16 +161,8 @@ def _self_check(kernels: BlockKernels, device: torch.device, dtype: torch.dtype)
 
 def choose_block_kernels(device: torch.device, dtype: torch.dtype, kernels: dict[str, Callable[[], BlockKernels]] = BLOCK_KERNELS) -> Optional[str]:
     """The first kernel set that imports, runs and matches the references on this device, or None."""
-    for name, build in kernels.items():
-        try:
-            _self_check(build(), device, dtype)
-        except ImportError:
-            continue  # the package is not installed: the PyTorch path is the intended fallback
-        except Exception as error:  # a compiler or driver failure on this GPU, or wrong results
-            warnings.warn(f"Fused block kernels '{name}' skipped on {device} ({type(error).__name__}: {error}).")
-            continue
-        return name
-    return None
+    checks = {name: functools.partial(_self_check, build, device, dtype) for name, build in kernels.items()}
+    return first_passing(checks, "Fused block kernels", device)
 
 
 @functools.cache

@@ -55,7 +55,7 @@ def down_residual_norm_pytorch(x: torch.Tensor, weight: torch.Tensor, residual: 
 
 
 def qkv_rope_pytorch(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-    qkv = F.linear(x, weight).view(-1, 82 if x.shape[0] % 901 else 901, 3 * NUM_HEADS, HEAD_DIM)
+    qkv = F.linear(x, weight).view(-1, cos.shape[0], 3 * NUM_HEADS, HEAD_DIM)  # cos: [seq, head_dim]
     query, key = layers.apply_rotary_pos_emb(qkv[:, :, :NUM_HEADS], qkv[:, :, NUM_HEADS : 2 * NUM_HEADS], cos, sin)
     return query, key, qkv[:, :, 2 * NUM_HEADS :]
 
@@ -66,11 +66,11 @@ def block_records(generator: torch.Generator) -> list:
         kernels = block.BLOCK_KERNELS["quack"]()
     except ImportError:
         return []
+    def random(*size, scale=1.0):
+        return (torch.randn(*size, device="cuda", generator=generator) * scale).to(torch.bfloat16)
+
     records = []
     for shape, (batch, seq) in SHAPES.items():
-        def random(*size, scale=1.0):
-            return (torch.randn(*size, device="cuda", generator=generator) * scale).to(torch.bfloat16)
-
         x, residual, inner = random(batch * seq, HIDDEN), random(batch * seq, HIDDEN), random(batch * seq, INNER)
         rstd = torch.rand(batch * seq, device="cuda", generator=generator) + 0.5
         qkv_weight, o_weight = random(3 * HIDDEN, HIDDEN, scale=HIDDEN**-0.5), random(HIDDEN, HIDDEN, scale=HIDDEN**-0.5)

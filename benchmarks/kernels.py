@@ -35,7 +35,7 @@ from triton.testing import do_bench
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from models import layers  # noqa: E402
-from models.kernels import SWIGLU_KERNELS, block  # noqa: E402
+from models.kernels import SWIGLU_KERNELS, block, relative_error  # noqa: E402
 from models.kernels.swiglu import swiglu  # noqa: E402
 from models.layers import rms_norm  # noqa: E402
 
@@ -111,10 +111,6 @@ def quack_layer_ops() -> dict:
         "down-residual-rmsnorm-quack": (lambda x, weight, residual: compiled_norm(gemm_add(x, weight.T, residual), 1e-5),
                                         down_residual_norm_pytorch),
     }
-
-
-def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
-    return ((value.float() - reference.float()).norm() / reference.float().norm()).item()
 
 
 def compare(shape: str, kernel: str, fused, pytorch, inputs) -> dict:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.common import trunc_normal_init_
-from models.kernels import fused_swiglu, swiglu_supported, use_fused_kernels
+from models.kernels import fused_swiglu, relative_error, swiglu_supported, use_fused_kernels
 
 CosSin = Tuple[torch.Tensor, torch.Tensor]
 
@@ -71,7 +71,7 @@ def _flash_works(backend: str, func: Callable, device: torch.device, dtype: torc
     expected = _sdpa_attention(query, key, value)
     try:
         out = _flash_attention(func, query, key, value)
-        error = ((out.float() - expected.float()).norm() / expected.float().norm()).item()
+        error = relative_error(out, expected)
     except Exception as failure:  # a kernel or JIT failure on this GPU: warn, then try the next backend
         warnings.warn(f"{backend} imports but fails on {device} ({type(failure).__name__}: {failure}); not using it.")
         return False

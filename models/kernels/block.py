@@ -37,7 +37,7 @@ from typing import Callable, NamedTuple, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from models.kernels import first_passing
+from models.kernels import first_passing, relative_error
 
 _FUSED_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -154,7 +154,7 @@ def _self_check(build: Callable[[], BlockKernels], device: torch.device, dtype: 
     for name, (kernel, reference, args) in cases.items():
         outputs, expected = kernel(*args), reference(*args)
         for out, want in zip(outputs if isinstance(outputs, tuple) else (outputs,), expected if isinstance(expected, tuple) else (expected,)):
-            error = ((out.float() - want.float()).norm() / want.float().norm()).item()
+            error = relative_error(out, want)
             if not error < 2e-2:
                 raise RuntimeError(f"{name} differs from PyTorch by {error:.3g} (relative)")
 

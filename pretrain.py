@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from dataset.common import DatasetError
 from models.kernels import swiglu_kernel_name
-from models.kernels.block import block_kernel_name, block_supported
+from models.kernels.block import block_kernel_name
 from models.layers import attention_backend
 from models.optimizers import build_adam_atan2
 from models.sparse_embedding import CastedSparseEmbeddingSignSGD_Distributed
@@ -181,7 +181,7 @@ def fused_kernels_in_use(model: nn.Module, device: torch.device) -> Optional[str
     if not config.fused_kernels:
         return None
     block_kernels = block_kernel_name(device.type, device.index or 0, dtype)
-    if model.inner.fused_block and block_kernels and block_supported(config.hidden_size, config.hidden_size // config.num_heads):
+    if block_kernels and model.inner.blocks_fusable():
         return f"{block_kernels} block"
     swiglu_kernels = swiglu_kernel_name(device.type, device.index or 0, dtype)
     return f"{swiglu_kernels} SwiGLU" if swiglu_kernels else None

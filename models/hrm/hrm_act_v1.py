@@ -228,13 +228,18 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
 
         return self.embed_scale * embedding
 
+    def blocks_fusable(self) -> bool:
+        """Whether the gradient-free passes ask for the fused blocks and their shapes allow them (the
+        device decides the rest: models.kernels.block.use_fused_block)."""
+        return self.fused_block and block_supported(self.config.hidden_size, self.config.hidden_size // self.config.num_heads)
+
     def _fused_rope_tables(self, input_embeddings: torch.Tensor) -> Optional[RopeTables]:
         """The fused blocks' RoPE tables for this batch; None where the blocks keep the PyTorch path."""
-        head_dim = self.config.hidden_size // self.config.num_heads
-        if not (self.fused_block and block_supported(self.config.hidden_size, head_dim) and use_fused_block(input_embeddings)):
+        if not (self.blocks_fusable() and use_fused_block(input_embeddings)):
             return None
         batch_size, seq_len, _ = input_embeddings.shape
         inv_freq = self.rotary_emb.inv_freq if self.config.pos_encodings == "rope" else None
+        head_dim = self.config.hidden_size // self.config.num_heads
         return rope_tables(inv_freq, batch_size, seq_len, self.config.num_heads, head_dim, input_embeddings.device)
 
     def empty_carry(self, batch_size: int, device: torch.device) -> HierarchicalReasoningModel_ACTV1InnerCarry:

@@ -122,6 +122,8 @@ class BlockKernels(NamedTuple):
 REFERENCE = BlockKernels(rope_qkv_reference, residual_rms_reference, rstd_swiglu_reference)
 
 
+# Cached: the ops look their kernel set up on every call, in the step's hot path.
+@functools.cache
 def _quack_kernels() -> BlockKernels:
     from models.kernels import quack_block
 

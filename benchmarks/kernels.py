@@ -128,7 +128,6 @@ def compare(shape: str, kernel: str, fused, pytorch, inputs) -> dict:
 
 SDPA_KERNELS = {"sdpa-cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa-flash": SDPBackend.FLASH_ATTENTION,
                 "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION}
-FLASH_PACKAGES = (layers.FLASH_ATTN_2, layers.FLASH_ATTN_3, layers.FLASH_ATTN_4)
 
 
 def sdpa_attention(backend: SDPBackend):
@@ -141,7 +140,7 @@ def sdpa_attention(backend: SDPBackend):
 def attention_kernels() -> dict:
     """The attention kernels that run here, by name, each taking [batch, seq, heads, head_dim] tensors."""
     kernels = {name: sdpa_attention(backend) for name, backend in SDPA_KERNELS.items()}
-    for package in FLASH_PACKAGES:
+    for package in layers.FLASH_BACKENDS:
         func = layers._import_flash(package)
         if func is not None:
             kernels[package] = lambda query, key, value, func=func: layers._flash_attention(func, query, key, value)

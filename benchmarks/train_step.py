@@ -168,7 +168,8 @@ SDPA_BACKENDS = {
     "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION,
     "sdpa-math": SDPBackend.MATH,
 }
-FLASH_PACKAGES = {"flash-attn-2": layers.FLASH_ATTN_2, "flash-attn-3": layers.FLASH_ATTN_3, "flash-attn-4": layers.FLASH_ATTN_4}
+# Variant names: flash-attn-2, flash-attn-3, flash-attn-4.
+FLASH_PACKAGES = {backend.replace("_", "-"): backend for backend in layers.FLASH_BACKENDS}
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ FLASH_ATTN_4 = "flash_attn_4"
 FLASH_ATTN_3 = "flash_attn_3"
 FLASH_ATTN_2 = "flash_attn_2"
 SDPA = "sdpa"
+FLASH_BACKENDS = (FLASH_ATTN_2, FLASH_ATTN_3, FLASH_ATTN_4)
 
 _FLASH_DTYPES = (torch.float16, torch.bfloat16)
 # FlashAttention 4 beats SDPA's cuDNN kernel on an H200 at the maze/ARC length (901: 1.18x, forward

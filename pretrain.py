@@ -26,6 +26,7 @@ from tqdm import tqdm
 from dataset.common import DatasetError
 from models.kernels import swiglu_kernel_name
 from models.kernels.block import block_kernel_name
+from models.kernels.mlp import mlp_kernel_name
 from models.layers import attention_backend
 from models.optimizers import build_adam_atan2
 from models.sparse_embedding import CastedSparseEmbeddingSignSGD_Distributed
@@ -175,16 +176,23 @@ def attention_description(state: TrainState, device: torch.device) -> str:
 
 
 def fused_kernels_in_use(model: nn.Module, device: torch.device) -> Optional[str]:
-    """The fused kernels of the gradient-free passes here (arch.fused_kernels): "quack block" (the whole
-    block in quack epilogues), "quack SwiGLU" or "triton SwiGLU"; None: the PyTorch path."""
-    config, dtype = model.config, model.inner.forward_dtype
+    """The fused kernels here (arch.fused_kernels), e.g. "quack block, quack MLP with gradient": in the
+    gradient-free passes the whole block ("quack block") or the SwiGLU alone ("quack SwiGLU", "triton
+    SwiGLU"), and in the passes with gradient the MLP; None: the PyTorch path."""
+    config, dtype, index = model.config, model.inner.forward_dtype, device.index or 0
     if not config.fused_kernels:
         return None
-    block_kernels = block_kernel_name(device.type, device.index or 0, dtype)
+    parts = []
+    block_kernels = block_kernel_name(device.type, index, dtype)
+    swiglu_kernels = swiglu_kernel_name(device.type, index, dtype)
     if block_kernels and model.inner.blocks_fusable():
-        return f"{block_kernels} block"
-    swiglu_kernels = swiglu_kernel_name(device.type, device.index or 0, dtype)
-    return f"{swiglu_kernels} SwiGLU" if swiglu_kernels else None
+        parts.append(f"{block_kernels} block")
+    elif swiglu_kernels:
+        parts.append(f"{swiglu_kernels} SwiGLU")
+    mlp_kernels = mlp_kernel_name(device.type, index, dtype)
+    if mlp_kernels and any(getattr(module, "fused_with_gradient", False) for module in model.modules()):
+        parts.append(f"{mlp_kernels} MLP with gradient")
+    return ", ".join(parts) or None
 
 
 def build_loss_head(config: PretrainConfig, metadata, context: DistributedContext) -> nn.Module:

@@ -25,7 +25,9 @@ A variant is one or more parts joined by '+':
     fused | unfused               the fused kernels of the gradient-free passes on | off (arch.fused_kernels:
                                   the whole block in quack epilogues, else a fused SwiGLU; unfused is the
                                   original's computation path)
-    fused-swiglu                  fused kernels, but only the SwiGLU ones (the block path off)
+    fused-block                   fused kernels of the gradient-free passes only (the MLP of the passes
+                                  with gradient on the PyTorch path)
+    fused-swiglu                  fused kernels, but only the SwiGLU of the gradient-free passes
 e.g. `--compare eager,compile,compile+sdpa-cudnn`. Variants run one after another in one process, each
 on a freshly built train state, so their ratios are measured side by side.
 
@@ -182,19 +184,22 @@ class Variant:
     flash_package: Optional[str] = None  # a FlashAttention backend of models.layers; None: the one it picks
     fused_kernels: Optional[bool] = None  # None: as the arch config says
     fused_block: bool = True  # with fused kernels, the whole block in epilogues where it works
+    fused_mlp_with_gradient: bool = True  # with fused kernels, the MLP of the passes with gradient too
 
 
 def parse_variant(name: str) -> Variant:
     compile_modes = list(torch._inductor.list_mode_options())
     compile, compile_mode, sdpa_backend, flash_package, fused_kernels, cuda_graphs = None, None, None, None, None, False
-    fused_block = True
+    fused_block, fused_mlp_with_gradient = True, True
     for part in name.split("+"):
         if part == "default":
             continue
         if part in ("fused", "unfused"):
             fused_kernels = part == "fused"
+        elif part == "fused-block":
+            fused_kernels, fused_mlp_with_gradient = True, False
         elif part == "fused-swiglu":
-            fused_kernels, fused_block = True, False
+            fused_kernels, fused_block, fused_mlp_with_gradient = True, False, False
         elif part in ("eager", "compile"):
             compile = part == "compile"
         elif part == "cuda-graphs":
@@ -211,12 +216,13 @@ def parse_variant(name: str) -> Variant:
             raise ValueError(
                 f"unknown variant part '{part}' in '{name}': use default, eager, compile, "
                 f"{', '.join('compile-' + mode for mode in compile_modes)}, cuda-graphs, {', '.join(SDPA_BACKENDS)}, "
-                f"{', '.join(FLASH_PACKAGES)}, fused, fused-swiglu, unfused, joined by '+'"
+                f"{', '.join(FLASH_PACKAGES)}, fused, fused-block, fused-swiglu, unfused, joined by '+'"
             )
     if sdpa_backend is not None and flash_package is not None:
         raise ValueError(f"'{name}' names an SDPA kernel and a FlashAttention package: attention runs through one of them")
     return Variant(name, compile=compile, compile_mode=compile_mode, cuda_graphs=cuda_graphs, sdpa_backend=sdpa_backend,
-                   flash_package=flash_package, fused_kernels=fused_kernels, fused_block=fused_block)
+                   flash_package=flash_package, fused_kernels=fused_kernels, fused_block=fused_block,
+                   fused_mlp_with_gradient=fused_mlp_with_gradient)
 
 
 def build_state(base_config: PretrainConfig, variant: Variant, metadata: PuzzleDatasetMetadata, context: DistributedContext):
@@ -235,6 +241,10 @@ def build_state(base_config: PretrainConfig, variant: Variant, metadata: PuzzleD
         state = pretrain.build_train_state(config, metadata, context)
     if not variant.fused_block:
         state.loss_head.model.inner.fused_block = False
+    if not variant.fused_mlp_with_gradient:
+        for module in state.loss_head.modules():
+            if isinstance(module, layers.SwiGLU):
+                module.fused_with_gradient = False
     if variant.compile_mode is not None:
         state.step_fn = torch.compile(state.loss_head, dynamic=False, mode=variant.compile_mode)
     return config, state

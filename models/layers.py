@@ -14,6 +14,8 @@ from torch import nn
 
 from models.common import trunc_normal_init_
 from models.kernels import fused_swiglu, relative_error, swiglu_supported, use_fused_kernels
+from models.kernels.block import interleave_gate_up_weight
+from models.kernels.mlp import FusedSwiGLUMLP, use_fused_mlp
 
 CosSin = Tuple[torch.Tensor, torch.Tensor]
 
@@ -234,14 +236,17 @@ class Attention(nn.Module):
 class SwiGLU(nn.Module):
     """Gated MLP: down(silu(gate) * up), inner size 2/3 * expansion * hidden rounded up to 256.
 
-    With `fused`, gradient-free passes on a GPU compute silu(gate) * up in the gate/up projection's
-    Triton kernel, never writing gate and up to memory.
+    With `fused`, on a GPU, gradient-free passes compute silu(gate) * up in the gate/up product's
+    kernel, never writing gate and up to memory, and passes with gradient run the activation and its
+    backward in quack's epilogues (models/kernels/mlp.py).
     """
 
     def __init__(self, hidden_size: int, expansion: float, fused: bool = False):
         super().__init__()
         inner_size = _find_multiple(round(expansion * hidden_size * 2 / 3), 256)
         self.fused = fused and swiglu_supported(hidden_size, inner_size)
+        # Benchmarks turn this off to time the gradient-free kernels alone.
+        self.fused_with_gradient = self.fused
         self.gate_up_proj = CastedLinear(hidden_size, 2 * inner_size, bias=False)
         self.down_proj = CastedLinear(inner_size, hidden_size, bias=False)
 
@@ -249,5 +254,9 @@ class SwiGLU(nn.Module):
         if self.fused and use_fused_kernels(x):
             inner = fused_swiglu(x.reshape(-1, x.shape[-1]), self.gate_up_proj.weight.to(x.dtype))
             return self.down_proj(inner.view(*x.shape[:-1], inner.shape[-1]))
+        if self.fused_with_gradient and use_fused_mlp(x):
+            gate_up_weight = interleave_gate_up_weight(self.gate_up_proj.weight.to(x.dtype))
+            out = FusedSwiGLUMLP.apply(x.reshape(-1, x.shape[-1]), gate_up_weight, self.down_proj.weight.to(x.dtype))
+            return out.view(*x.shape[:-1], out.shape[-1])
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)

@@ -441,6 +441,14 @@ def test_disable_compile_is_recorded_as_compile_false(dataset, tmp_path):
     assert yaml.safe_load(open(os.path.join(run, "all_config.yaml")))["compile"] is False
 
 
+def test_cuda_graphs_are_advised_only_for_quack_kernels_launched_from_python():
+    assert "add cuda_graphs=true" in pretrain.cuda_graphs_hint("quack block, quack MLP with gradient", "on")
+    assert pretrain.cuda_graphs_hint("quack block", "on, CUDA graphs") is None
+    assert pretrain.cuda_graphs_hint("quack block", "off") is None
+    assert pretrain.cuda_graphs_hint("triton SwiGLU", "on") is None
+    assert pretrain.cuda_graphs_hint(None, "on") is None
+
+
 def test_copy_tensors_copies_a_carry_out_of_shared_memory():
     # CudaGraphStep's copy of what a graph replay returns: same classes and values, its own memory.
     from models.hrm.hrm_act_v1 import HierarchicalReasoningModel_ACTV1Carry, HierarchicalReasoningModel_ACTV1InnerCarry

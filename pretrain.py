@@ -184,10 +184,9 @@ def fused_kernels_in_use(model: nn.Module, device: torch.device) -> Optional[str
         return None
     parts = []
     block_kernels = block_kernel_name(device.type, index, dtype)
-    swiglu_kernels = swiglu_kernel_name(device.type, index, dtype)
     if block_kernels and model.inner.blocks_fusable():
         parts.append(f"{block_kernels} block")
-    elif swiglu_kernels:
+    elif swiglu_kernels := swiglu_kernel_name(device.type, index, dtype):
         parts.append(f"{swiglu_kernels} SwiGLU")
     mlp_kernels = mlp_kernel_name(device.type, index, dtype)
     if mlp_kernels and any(getattr(module, "fused_with_gradient", False) for module in model.modules()):
@@ -195,12 +194,12 @@ def fused_kernels_in_use(model: nn.Module, device: torch.device) -> Optional[str
     return ", ".join(parts) or None
 
 
-def cuda_graphs_hint(fused_kernels: Optional[str], compile: str) -> Optional[str]:
+def cuda_graphs_hint(fused_kernels: Optional[str], compile_text: str) -> Optional[str]:
     """Advice for a compiled step without CUDA graphs that uses quack's kernels, else None.
 
     quack launches each kernel from Python, slowly enough that the GPU waits for the host between
     them (one H200, Sudoku b768: 64 ms per step replayed from graphs, 68 to 99 ms launched)."""
-    if fused_kernels is None or "quack" not in fused_kernels or compile != "on":
+    if fused_kernels is None or "quack" not in fused_kernels or compile_text != "on":
         return None
     return ("quack's kernels are launched from Python, slowly enough that the GPU waits between them: "
             "add cuda_graphs=true to replay the step from CUDA graphs (the same numbers, faster)")
@@ -519,12 +518,12 @@ def run_training(overrides: Sequence[str], context: DistributedContext) -> Optio
         save_config(config, config.checkpoint_path)
         logger = RunLogger(config.checkpoint_path, config.project_name, config.run_name, config.model_dump(), config.wandb.mode, start_step=state.step)
         parameters = sum(parameter.numel() for parameter in state.loss_head.parameters())
-        fused_kernels, compile = fused_kernels_in_use(state.loss_head.model, context.device), compile_description(state)
+        fused_kernels, compile_text = fused_kernels_in_use(state.loss_head.model, context.device), compile_description(state)
         print(f"{config.run_name}: {parameters:,} parameters, {state.total_steps} steps, {context.world_size} process(es) on "
-              f"{context.device.type}, compile {compile}, attention {attention_description(state, context.device)}, "
+              f"{context.device.type}, compile {compile_text}, attention {attention_description(state, context.device)}, "
               f"fused kernels {fused_kernels or 'off'}, checkpoints in {config.checkpoint_path}"
               + (f", resuming from {os.path.basename(resume_from)}" if resume_from else ""))
-        hint = cuda_graphs_hint(fused_kernels, compile)
+        hint = cuda_graphs_hint(fused_kernels, compile_text)
         if hint:
             print(f"Note: {hint}")
     else:

@@ -22,9 +22,10 @@ A variant is one or more parts joined by '+':
                                   attention through PyTorch SDPA with only that kernel allowed
     flash-attn-2 | flash-attn-3 | flash-attn-4
                                   attention through that FlashAttention package (it must be installed)
-    fused | unfused               the fused kernels of the gradient-free passes on | off (arch.fused_kernels:
-                                  the whole block in quack epilogues, else a fused SwiGLU; unfused is the
-                                  original's computation path)
+    fused | unfused               the fused kernels on | off (arch.fused_kernels: the whole block of the
+                                  gradient-free passes and the MLP of the passes with gradient in quack
+                                  epilogues, else a fused SwiGLU; unfused is the original's computation path;
+                                  with quack, add cuda-graphs: its launches are slow on the host)
     fused-block                   fused kernels of the gradient-free passes only (the MLP of the passes
                                   with gradient on the PyTorch path)
     fused-swiglu                  fused kernels, but only the SwiGLU of the gradient-free passes

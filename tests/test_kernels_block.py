@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 
 import models.hrm.hrm_act_v1 as hrm_module
-from models.kernels import block
+from models.kernels import block, relative_error
 from models.layers import RotaryEmbedding, apply_rotary_pos_emb
-from tests.test_model_act import assert_training_calls_match, evaluation_result, fused_and_plain_heads, make_batch, training_calls
+from tests.test_model_act import (assert_training_calls_match, count_reference_calls, evaluation_result, fused_and_plain_heads, make_batch,
+                                   training_calls)
 
 CPU = torch.device("cpu")
 CONFIG = dict(
@@ -83,16 +84,8 @@ def fused_block_on_cpu(monkeypatch):
     """Take the fused block path on the CPU, where its ops run their PyTorch references."""
     if torch.cuda.is_available():
         pytest.skip("the CPU run; the GPU tests cover CUDA")
-    calls = []
-    reference_rope = block.REFERENCE.rope_qkv
-
-    def counting_rope(*args):
-        calls.append(args[0].shape)
-        return reference_rope(*args)
-
     monkeypatch.setattr(hrm_module, "use_fused_block", lambda hidden_states: True)
-    monkeypatch.setattr(block, "REFERENCE", block.REFERENCE._replace(rope_qkv=counting_rope))
-    return calls
+    return count_reference_calls(monkeypatch, block, "rope_qkv")
 
 
 def test_fused_block_training_calls_equal_the_pytorch_path(fused_block_on_cpu):
@@ -192,6 +185,6 @@ def test_quack_block_kernels_on_gpu_match_the_references_at_the_sudoku_shape():
         expected = expected if isinstance(expected, tuple) else (expected,)
         for out, want in zip(outputs, expected):
             assert out.shape == want.shape and out.dtype == want.dtype
-            error = ((out.float() - want.float()).norm() / want.float().norm()).item()
+            error = relative_error(out, want)
             # Both round once from float32; what is left is the order of the float32 sums.
             assert error < 5e-3, (reference.__name__, error)

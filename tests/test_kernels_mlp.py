@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 import models.layers as layers_module
-from models.kernels import mlp
+from models.kernels import mlp, relative_error
 from models.kernels.block import interleave_gate_up_weight
-from tests.test_model_act import assert_training_calls_match, fused_and_plain_heads, make_batch, training_calls
+from tests.test_model_act import assert_training_calls_match, count_reference_calls, fused_and_plain_heads, make_batch, training_calls
 
 CONFIG = dict(
     batch_size=3, seq_len=20, puzzle_emb_ndim=64, num_puzzle_identifiers=4, vocab_size=6,
@@ -47,16 +47,8 @@ def fused_mlp_on_cpu(monkeypatch):
     """Take the fused MLP path in passes with gradient on the CPU, where its ops run their references."""
     if torch.cuda.is_available():
         pytest.skip("the CPU run; the GPU test covers CUDA")
-    calls = []
-    reference_forward = mlp.REFERENCE.swiglu_with_product
-
-    def counting_forward(*args):
-        calls.append(args[0].shape)
-        return reference_forward(*args)
-
     monkeypatch.setattr(layers_module, "use_fused_mlp", lambda x: torch.is_grad_enabled())
-    monkeypatch.setattr(mlp, "REFERENCE", mlp.REFERENCE._replace(swiglu_with_product=counting_forward))
-    return calls
+    return count_reference_calls(monkeypatch, mlp, "swiglu_with_product")
 
 
 def test_fused_mlp_training_calls_equal_the_pytorch_path(fused_mlp_on_cpu):
@@ -104,5 +96,5 @@ def test_quack_mlp_kernels_on_gpu_match_the_references_at_the_sudoku_shape():
     for kernel, reference, args in cases:
         for out, want in zip(kernel(*args), reference(*args), strict=True):
             assert out.shape == want.shape and out.dtype == want.dtype
-            error = ((out.float() - want.float()).norm() / want.float().norm()).item()
+            error = relative_error(out, want)
             assert error < 5e-3, (reference.__name__, error)

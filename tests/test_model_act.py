@@ -69,6 +69,20 @@ def assert_training_calls_match(calls: list, reference_calls: list) -> None:
             torch.testing.assert_close(grads[name], reference[4][name], rtol=1e-4, atol=1e-6)
 
 
+def count_reference_calls(monkeypatch, kernels_module, kernel: str) -> list:
+    """Make a kernel module's PyTorch reference for `kernel` record the shape of its first argument
+    on each call (the fused path's ops run the references off CUDA); returns the record."""
+    calls = []
+    reference = getattr(kernels_module.REFERENCE, kernel)
+
+    def counting(*args):
+        calls.append(args[0].shape)
+        return reference(*args)
+
+    monkeypatch.setattr(kernels_module, "REFERENCE", kernels_module.REFERENCE._replace(**{kernel: counting}))
+    return calls
+
+
 def evaluation_result(head: ACTLossHead, batch: dict, steps: int) -> tuple:
     """Logits, exact accuracy and z_L after `steps` evaluation calls."""
     with torch.inference_mode():

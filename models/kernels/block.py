@@ -37,9 +37,7 @@ from typing import Callable, NamedTuple, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from models.kernels import first_passing, relative_error
-
-_FUSED_DTYPES = (torch.float16, torch.bfloat16)
+from models.kernels import FUSED_DTYPES, check_against_references, first_passing
 
 
 class RopeTables(NamedTuple):
@@ -153,12 +151,7 @@ def _self_check(build: Callable[[], BlockKernels], device: torch.device, dtype: 
         "residual_rms": (kernels.residual_rms, residual_rms_reference, (x, random(hidden, hidden, scale=hidden**-0.5), residual, rstd, 1e-5)),
         "rstd_swiglu": (kernels.rstd_swiglu, rstd_swiglu_reference, (x, random(2 * inner, hidden, scale=hidden**-0.5), rstd)),
     }
-    for name, (kernel, reference, args) in cases.items():
-        outputs, expected = kernel(*args), reference(*args)
-        for out, want in zip(outputs if isinstance(outputs, tuple) else (outputs,), expected if isinstance(expected, tuple) else (expected,)):
-            error = relative_error(out, want)
-            if not error < 2e-2:
-                raise RuntimeError(f"{name} differs from PyTorch by {error:.3g} (relative)")
+    check_against_references(cases)
 
 
 def choose_block_kernels(device: torch.device, dtype: torch.dtype, kernels: dict[str, Callable[[], BlockKernels]] = BLOCK_KERNELS) -> Optional[str]:
@@ -170,7 +163,7 @@ def choose_block_kernels(device: torch.device, dtype: torch.dtype, kernels: dict
 @functools.cache
 def block_kernel_name(device_type: str, device_index: int, dtype: torch.dtype) -> Optional[str]:
     """The fused block kernels used on this device and activation dtype; None where none is usable."""
-    if device_type != "cuda" or dtype not in _FUSED_DTYPES:
+    if device_type != "cuda" or dtype not in FUSED_DTYPES:
         return None
     return choose_block_kernels(torch.device(device_type, device_index), dtype)
 

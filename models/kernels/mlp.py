@@ -22,9 +22,7 @@ from typing import Callable, NamedTuple, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from models.kernels import first_passing, relative_error
-
-_FUSED_DTYPES = (torch.float16, torch.bfloat16)
+from models.kernels import FUSED_DTYPES, check_against_references, first_passing
 
 
 def swiglu_with_product_reference(x: torch.Tensor, weight: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -85,11 +83,7 @@ def _self_check(build: Callable[[], MLPKernels], device: torch.device, dtype: to
         "swiglu_with_product": (kernels.swiglu_with_product, swiglu_with_product_reference, (x, weight)),
         "swiglu_backward_product": (kernels.swiglu_backward_product, swiglu_backward_product_reference, (grad_out, down_weight, gate_up)),
     }
-    for name, (kernel, reference, args) in cases.items():
-        for out, want in zip(kernel(*args), reference(*args), strict=True):
-            error = relative_error(out, want)
-            if not error < 2e-2:
-                raise RuntimeError(f"{name} differs from PyTorch by {error:.3g} (relative)")
+    check_against_references(cases)
 
 
 def choose_mlp_kernels(device: torch.device, dtype: torch.dtype, kernels: dict[str, Callable[[], MLPKernels]] = MLP_KERNELS) -> Optional[str]:
@@ -101,7 +95,7 @@ def choose_mlp_kernels(device: torch.device, dtype: torch.dtype, kernels: dict[s
 @functools.cache
 def mlp_kernel_name(device_type: str, device_index: int, dtype: torch.dtype) -> Optional[str]:
     """The fused MLP kernels used on this device and activation dtype; None where none is usable."""
-    if device_type != "cuda" or dtype not in _FUSED_DTYPES:
+    if device_type != "cuda" or dtype not in FUSED_DTYPES:
         return None
     return choose_mlp_kernels(torch.device(device_type, device_index), dtype)
 

@@ -57,8 +57,9 @@ class HierarchicalReasoningModel_ACTV1Config(BaseModel):
     halt_exploration_prob: float
 
     forward_dtype: str = "bfloat16"
-    # Fused kernels in the gradient-free passes on GPUs (models/kernels): the whole block in quack's
-    # epilogues, else the SwiGLU alone; the same computation up to bf16 rounding.
+    # Fused kernels on GPUs (models/kernels): in the gradient-free passes the whole block in quack's
+    # epilogues, else the SwiGLU alone, and the MLP of the passes with gradient; the same computation
+    # up to bf16 rounding.
     fused_kernels: bool = False
 
     @field_validator("batch_size", "seq_len", "num_puzzle_identifiers", "vocab_size", "H_cycles", "L_cycles",

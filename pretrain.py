@@ -178,7 +178,7 @@ def attention_description(state: TrainState, device: torch.device) -> str:
 def fused_kernels_in_use(model: nn.Module, device: torch.device) -> Optional[str]:
     """The fused kernels here (arch.fused_kernels), e.g. "quack block, quack MLP with gradient": in the
     gradient-free passes the whole block ("quack block") or the SwiGLU alone ("quack SwiGLU", "triton
-    SwiGLU"), and in the passes with gradient the MLP; None: the PyTorch path."""
+    SwiGLU"), and in the passes with gradient the qkv product with RoPE and the MLP; None: the PyTorch path."""
     config, dtype, index = model.config, model.inner.forward_dtype, device.index or 0
     if not config.fused_kernels:
         return None
@@ -186,6 +186,8 @@ def fused_kernels_in_use(model: nn.Module, device: torch.device) -> Optional[str
     block_kernels = block_kernel_name(device.type, index, dtype)
     if block_kernels and model.inner.blocks_fusable():
         parts.append(f"{block_kernels} block")
+        if model.inner.fused_rope_with_gradient:
+            parts.append(f"{block_kernels} qkv+RoPE with gradient")
     elif swiglu_kernels := swiglu_kernel_name(device.type, index, dtype):
         parts.append(f"{swiglu_kernels} SwiGLU")
     mlp_kernels = mlp_kernel_name(device.type, index, dtype)

@@ -26,8 +26,10 @@ A variant is one or more parts joined by '+':
                                   gradient-free passes and the MLP of the passes with gradient in quack
                                   epilogues, else a fused SwiGLU; unfused is the original's computation path;
                                   with quack, add cuda-graphs: its launches are slow on the host)
-    fused-block                   fused kernels of the gradient-free passes only (the MLP of the passes
-                                  with gradient on the PyTorch path)
+    fused-block                   fused kernels of the gradient-free passes only (the passes with
+                                  gradient on the PyTorch path)
+    fused-mlp                     fused kernels of the gradient-free passes and the MLP of the passes
+                                  with gradient (their qkv + RoPE product on the PyTorch path)
     fused-swiglu                  fused kernels, but only the SwiGLU of the gradient-free passes
     grad-math-attention           an experiment: the attention of the passes with gradient as plain
                                   products and a float32 softmax that torch.compile fuses (SDPA elsewhere)
@@ -188,22 +190,25 @@ class Variant:
     fused_kernels: Optional[bool] = None  # None: as the arch config says
     fused_block: bool = True  # with fused kernels, the whole block in epilogues where it works
     fused_mlp_with_gradient: bool = True  # with fused kernels, the MLP of the passes with gradient too
+    fused_rope_with_gradient: bool = True  # with fused kernels, the qkv + RoPE product of the passes with gradient too
     grad_math_attention: bool = False
 
 
 def parse_variant(name: str) -> Variant:
     compile_modes = list(torch._inductor.list_mode_options())
     compile, compile_mode, sdpa_backend, flash_package, fused_kernels, cuda_graphs = None, None, None, None, None, False
-    fused_block, fused_mlp_with_gradient, grad_math_attention = True, True, False
+    fused_block, fused_mlp_with_gradient, fused_rope_with_gradient, grad_math_attention = True, True, True, False
     for part in name.split("+"):
         if part == "default":
             continue
         if part in ("fused", "unfused"):
             fused_kernels = part == "fused"
         elif part == "fused-block":
-            fused_kernels, fused_mlp_with_gradient = True, False
+            fused_kernels, fused_mlp_with_gradient, fused_rope_with_gradient = True, False, False
+        elif part == "fused-mlp":
+            fused_kernels, fused_rope_with_gradient = True, False
         elif part == "fused-swiglu":
-            fused_kernels, fused_block, fused_mlp_with_gradient = True, False, False
+            fused_kernels, fused_block, fused_mlp_with_gradient, fused_rope_with_gradient = True, False, False, False
         elif part == "grad-math-attention":
             grad_math_attention = True
         elif part in ("eager", "compile"):
@@ -222,13 +227,14 @@ def parse_variant(name: str) -> Variant:
             raise ValueError(
                 f"unknown variant part '{part}' in '{name}': use default, eager, compile, "
                 f"{', '.join('compile-' + mode for mode in compile_modes)}, cuda-graphs, {', '.join(SDPA_BACKENDS)}, "
-                f"{', '.join(FLASH_PACKAGES)}, fused, fused-block, fused-swiglu, unfused, grad-math-attention, joined by '+'"
+                f"{', '.join(FLASH_PACKAGES)}, fused, fused-block, fused-mlp, fused-swiglu, unfused, grad-math-attention, joined by '+'"
             )
     if sdpa_backend is not None and flash_package is not None:
         raise ValueError(f"'{name}' names an SDPA kernel and a FlashAttention package: attention runs through one of them")
     return Variant(name, compile=compile, compile_mode=compile_mode, cuda_graphs=cuda_graphs, sdpa_backend=sdpa_backend,
                    flash_package=flash_package, fused_kernels=fused_kernels, fused_block=fused_block,
-                   fused_mlp_with_gradient=fused_mlp_with_gradient, grad_math_attention=grad_math_attention)
+                   fused_mlp_with_gradient=fused_mlp_with_gradient, fused_rope_with_gradient=fused_rope_with_gradient,
+                   grad_math_attention=grad_math_attention)
 
 
 def build_state(base_config: PretrainConfig, variant: Variant, metadata: PuzzleDatasetMetadata, context: DistributedContext):
@@ -247,6 +253,8 @@ def build_state(base_config: PretrainConfig, variant: Variant, metadata: PuzzleD
         state = pretrain.build_train_state(config, metadata, context)
     if not variant.fused_block:
         state.loss_head.model.inner.fused_block = False
+    if not variant.fused_rope_with_gradient:
+        state.loss_head.model.inner.fused_rope_with_gradient = False
     if not variant.fused_mlp_with_gradient:
         for module in state.loss_head.modules():
             if isinstance(module, layers.SwiGLU):

@@ -125,8 +125,10 @@ def test_variant_names_map_to_their_settings():
     assert parse_variant("compile+sdpa-flash") == Variant("compile+sdpa-flash", compile=True, sdpa_backend=SDPBackend.FLASH_ATTENTION)
     assert parse_variant("compile-max-autotune") == Variant("compile-max-autotune", compile=True, compile_mode="max-autotune")
     assert parse_variant("compile+flash-attn-4") == Variant("compile+flash-attn-4", compile=True, flash_package="flash_attn_4")
-    assert parse_variant("fused-swiglu") == Variant("fused-swiglu", fused_kernels=True, fused_block=False, fused_mlp_with_gradient=False)
-    assert parse_variant("fused-block") == Variant("fused-block", fused_kernels=True, fused_mlp_with_gradient=False)
+    assert parse_variant("fused-swiglu") == Variant("fused-swiglu", fused_kernels=True, fused_block=False, fused_mlp_with_gradient=False,
+                                                    fused_rope_with_gradient=False)
+    assert parse_variant("fused-block") == Variant("fused-block", fused_kernels=True, fused_mlp_with_gradient=False, fused_rope_with_gradient=False)
+    assert parse_variant("fused-mlp") == Variant("fused-mlp", fused_kernels=True, fused_rope_with_gradient=False)
     assert parse_variant("fused+grad-math-attention") == Variant("fused+grad-math-attention", fused_kernels=True, grad_math_attention=True)
 
 

@@ -92,9 +92,29 @@ def test_fused_block_training_calls_equal_the_pytorch_path(fused_block_on_cpu):
     fused, plain = build_pair()
     batch = make_batch(CONFIG)
     fused_calls = training_calls(fused.train(), batch)
-    # Per call, 3 gradient-free L updates and 1 H update, and the Q-target segment's 4 + 2, of 2 blocks each.
-    assert len(fused_block_on_cpu) == 3 * (3 + 1 + 4 + 2) * 2
+    # Per call, 3 gradient-free L updates and 1 H update, the Q-target segment's 4 + 2, and the 1 + 1
+    # updates with gradient (their qkv + RoPE product), of 2 blocks each.
+    assert len(fused_block_on_cpu) == 3 * (3 + 1 + 4 + 2 + 1 + 1) * 2
     assert_training_calls_match(fused_calls, training_calls(plain.train(), batch))
+
+
+def test_rope_qkv_with_gradient_has_the_reference_output_and_gradients():
+    generator = torch.Generator().manual_seed(0)
+    tokens, num_heads, head_dim = 6, 2, 16
+    hidden = num_heads * head_dim
+    inv_freq = RotaryEmbedding(dim=head_dim, max_position_embeddings=3, base=10000.0).inv_freq
+    tables = block.rope_tables(inv_freq, 2, 3, num_heads, head_dim, CPU)
+    x = torch.randn(tokens, hidden, generator=generator, requires_grad=True)
+    weight = torch.randn(3 * hidden, hidden, generator=generator, requires_grad=True)
+    grad_qkv = torch.randn(tokens, 3 * hidden, generator=generator)
+
+    expected = block.rope_qkv_reference(x, weight, torch.ones(tokens), *tables)
+    expected_grads = torch.autograd.grad(expected, (x, weight), grad_qkv)
+    qkv = block.RopeQKVWithGradient.apply(x, weight, *tables)
+    grads = torch.autograd.grad(qkv, (x, weight), grad_qkv)
+    torch.testing.assert_close(qkv, expected, rtol=1e-5, atol=1e-5)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-5)
 
 
 def test_fused_block_evaluation_without_rope_equals_the_pytorch_path(fused_block_on_cpu):
@@ -188,3 +208,26 @@ def test_quack_block_kernels_on_gpu_match_the_references_at_the_sudoku_shape():
             error = relative_error(out, want)
             # Both round once from float32; what is left is the order of the float32 sums.
             assert error < 5e-3, (reference.__name__, error)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_quack_rope_qkv_with_gradient_on_gpu_matches_the_reference_at_the_sudoku_shape():
+    pytest.importorskip("quack.epilogue.frontend")
+    assert block.block_kernel_name("cuda", torch.cuda.current_device(), torch.bfloat16) == "quack"
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    tokens, hidden, num_heads, head_dim = 768 * 82, 512, 8, 64
+    inv_freq = RotaryEmbedding(dim=head_dim, max_position_embeddings=82, base=10000.0).inv_freq.cuda()
+    tables = block.rope_tables(inv_freq, 768, 82, num_heads, head_dim, torch.device("cuda"))
+    x = torch.randn(tokens, hidden, device="cuda", generator=generator).to(torch.bfloat16).requires_grad_()
+    weight = (torch.randn(3 * hidden, hidden, device="cuda", generator=generator) * hidden**-0.5).to(torch.bfloat16).requires_grad_()
+    grad_qkv = torch.randn(tokens, 3 * hidden, device="cuda", generator=generator).to(torch.bfloat16)
+
+    qkv = block.RopeQKVWithGradient.apply(x, weight, *tables)
+    grads = torch.autograd.grad(qkv, (x, weight), grad_qkv)
+    # The reference in float32, with autograd's backward.
+    x32, weight32 = (tensor.detach().float().requires_grad_() for tensor in (x, weight))
+    expected = block.rope_qkv_reference(x32, weight32, torch.ones(tokens, device="cuda"), *tables)
+    expected_grads = torch.autograd.grad(expected, (x32, weight32), grad_qkv.float())
+    for out, want in zip((qkv, *grads), (expected, *expected_grads), strict=True):
+        assert out.shape == want.shape and out.dtype == torch.bfloat16
+        assert relative_error(out, want) < 1e-2

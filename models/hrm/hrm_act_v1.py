@@ -18,6 +18,7 @@ from torch import nn
 
 from models.common import trunc_normal_init_
 from models.kernels.block import (
+    RopeQKVWithGradient,
     RopeTables,
     block_supported,
     interleave_gate_up_weight,
@@ -121,9 +122,20 @@ class HierarchicalReasoningModel_ACTV1Block(nn.Module):
         self.mlp = SwiGLU(hidden_size=config.hidden_size, expansion=config.expansion, fused=config.fused_kernels)
         self.norm_eps = config.rms_norm_eps
 
-    def forward(self, cos_sin: Optional[CosSin], hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = rms_norm(hidden_states + self.self_attn(cos_sin=cos_sin, hidden_states=hidden_states), self.norm_eps)
+    def forward(self, cos_sin: Optional[CosSin], hidden_states: torch.Tensor, fused_rope: Optional[RopeTables] = None) -> torch.Tensor:
+        """`fused_rope` given: the qkv product and RoPE in one fused kernel (with its backward)."""
+        if fused_rope is None:
+            attended = self.self_attn(cos_sin=cos_sin, hidden_states=hidden_states)
+        else:
+            attended = self._attention_with_fused_rope(fused_rope, hidden_states)
+        hidden_states = rms_norm(hidden_states + attended, self.norm_eps)
         return rms_norm(hidden_states + self.mlp(hidden_states), self.norm_eps)
+
+    def _attention_with_fused_rope(self, rope: RopeTables, hidden_states: torch.Tensor) -> torch.Tensor:
+        attn, shape = self.self_attn, hidden_states.shape
+        qkv_weight = interleave_qkv_weight(attn.qkv_proj.weight.to(hidden_states.dtype), attn.num_heads, attn.head_dim)
+        qkv = RopeQKVWithGradient.apply(hidden_states.reshape(-1, shape[-1]), qkv_weight, rope.positions, rope.frequencies)
+        return attn.o_proj(attn.attend(qkv.view(*shape[:-1], -1)))
 
     def forward_fused(self, rope: RopeTables, hidden_states: torch.Tensor, rstd: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The same block in fused epilogues with deferred RMSNorms (models/kernels/block.py), no gradient.
@@ -153,7 +165,8 @@ class HierarchicalReasoningModel_ACTV1ReasoningModule(nn.Module):
     def forward(
         self, hidden_states: torch.Tensor, input_injection: torch.Tensor, cos_sin: Optional[CosSin], fused_rope: Optional[RopeTables] = None
     ) -> torch.Tensor:
-        """`fused_rope` given and no gradient: the blocks run in fused epilogues (Block.forward_fused)."""
+        """`fused_rope` given: without gradient the blocks run in fused epilogues (Block.forward_fused),
+        with gradient their qkv products and RoPE do."""
         hidden_states = hidden_states + input_injection
         if fused_rope is not None and not torch.is_grad_enabled():
             rstd = torch.ones(hidden_states.shape[0] * hidden_states.shape[1], dtype=torch.float32, device=hidden_states.device)
@@ -162,7 +175,7 @@ class HierarchicalReasoningModel_ACTV1ReasoningModule(nn.Module):
             # The last block's RMSNorm, applied as rms_norm rounds it.
             return (hidden_states.float() * rstd.view(*hidden_states.shape[:-1], 1)).to(hidden_states.dtype)
         for layer in self.layers:
-            hidden_states = layer(cos_sin=cos_sin, hidden_states=hidden_states)
+            hidden_states = layer(cos_sin=cos_sin, hidden_states=hidden_states, fused_rope=fused_rope)
         return hidden_states
 
 
@@ -206,6 +219,9 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
         # and the kernels work on the device (models/kernels/block.py); benchmarks turn it off to
         # compare with the fused SwiGLU alone.
         self.fused_block = config.fused_kernels
+        # The passes with gradient take the fused qkv + RoPE product where the blocks are fused;
+        # benchmarks turn it off to time it.
+        self.fused_rope_with_gradient = config.fused_kernels
 
         # Q head starts by strongly preferring "continue" (sigmoid(-5) ~ 0.007 for both logits).
         with torch.no_grad():
@@ -277,8 +293,9 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
                     z_H = self.H_level(z_H, z_L, cos_sin, fused_rope)
 
         # One-step gradient: backpropagate through the last L and H updates only.
-        z_L = self.L_level(z_L, z_H + input_embeddings, cos_sin, fused_rope)
-        z_H = self.H_level(z_H, z_L, cos_sin, fused_rope)
+        rope_with_gradient = fused_rope if self.fused_rope_with_gradient else None
+        z_L = self.L_level(z_L, z_H + input_embeddings, cos_sin, rope_with_gradient)
+        z_H = self.H_level(z_H, z_L, cos_sin, rope_with_gradient)
 
         new_carry = HierarchicalReasoningModel_ACTV1InnerCarry(z_H=z_H.detach(), z_L=z_L.detach())
         logits = self.lm_head(z_H)[:, self.puzzle_emb_len:]

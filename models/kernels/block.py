@@ -14,7 +14,8 @@ row scale commutes with the product). One block, x arriving with its pending sca
     z     = inner @ Wd^T + y * rstd_y,     rstd_z = 1 / rms(z)
 
 and the block hands (z, rstd_z) to the next; the reasoning module multiplies the scale out after
-its last block. Of the ~28 reads and writes of a [tokens, hidden]-sized tensor per block on the
+its last block. The passes with gradient use the first product alone, with its backward
+(`RopeQKVWithGradient`), and keep the PyTorch path for the rest of the block. Of the ~28 reads and writes of a [tokens, hidden]-sized tensor per block on the
 PyTorch path this leaves ~20.
 
 Pairs: the epilogues work on adjacent columns (2j, 2j + 1). HRM's RoPE rotates dims (j, j + d/2)
@@ -222,3 +223,34 @@ def rstd_swiglu(x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor) -> to
 @rstd_swiglu.register_fake
 def _rstd_swiglu_shape(x, weight, rstd):
     return x.new_empty(x.shape[0], weight.shape[0] // 2)
+
+
+# The qkv product with RoPE in the passes with gradient ------------------------------------------
+
+
+def unrotate_pairs(grad: torch.Tensor, positions: torch.Tensor, frequencies: torch.Tensor) -> torch.Tensor:
+    """The gradient of the qkv product before the epilogue's RoPE, from the gradient after it: each
+    column pair rotated back by its angle (a rotation's transpose is its inverse)."""
+    turns = frequencies[0::2] + frequencies[1::2]
+    angles = positions[:, None] * turns[None, :] * (2 * math.pi)
+    cos, sin = angles.cos(), angles.sin()
+    first, second = grad[:, 0::2].float(), grad[:, 1::2].float()
+    return torch.stack((first * cos + second * sin, second * cos - first * sin), dim=-1).flatten(1).to(grad.dtype)
+
+
+class RopeQKVWithGradient(torch.autograd.Function):
+    """rope(x @ weight^T) through the fused qkv + RoPE kernel, with its backward: for x [tokens, hidden]
+    and the interleaved qkv weight. The product before RoPE is never written; like the PyTorch path,
+    the backward keeps only x and the weight."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor, frequencies: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight, positions, frequencies)
+        no_pending_scale = torch.ones(x.shape[0], dtype=torch.float32, device=x.device)
+        return rope_qkv(x, weight, no_pending_scale, positions, frequencies)
+
+    @staticmethod
+    def backward(ctx, grad_qkv: torch.Tensor):
+        x, weight, positions, frequencies = ctx.saved_tensors
+        grad_product = unrotate_pairs(grad_qkv, positions, frequencies)
+        return grad_product @ weight, grad_product.t() @ x, None, None

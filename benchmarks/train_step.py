@@ -29,8 +29,6 @@ A variant is one or more parts joined by '+':
     fused-block                   fused kernels of the gradient-free passes only (the MLP of the passes
                                   with gradient on the PyTorch path)
     fused-swiglu                  fused kernels, but only the SwiGLU of the gradient-free passes
-    grad-math-attention           an experiment: the attention of the passes with gradient as plain
-                                  products and a float32 softmax that torch.compile fuses (SDPA elsewhere)
 e.g. `--compare eager,compile,compile+sdpa-cudnn`. Variants run one after another in one process, each
 on a freshly built train state, so their ratios are measured side by side.
 
@@ -188,13 +186,12 @@ class Variant:
     fused_kernels: Optional[bool] = None  # None: as the arch config says
     fused_block: bool = True  # with fused kernels, the whole block in epilogues where it works
     fused_mlp_with_gradient: bool = True  # with fused kernels, the MLP of the passes with gradient too
-    grad_math_attention: bool = False
 
 
 def parse_variant(name: str) -> Variant:
     compile_modes = list(torch._inductor.list_mode_options())
     compile, compile_mode, sdpa_backend, flash_package, fused_kernels, cuda_graphs = None, None, None, None, None, False
-    fused_block, fused_mlp_with_gradient, grad_math_attention = True, True, False
+    fused_block, fused_mlp_with_gradient = True, True
     for part in name.split("+"):
         if part == "default":
             continue
@@ -204,8 +201,6 @@ def parse_variant(name: str) -> Variant:
             fused_kernels, fused_mlp_with_gradient = True, False
         elif part == "fused-swiglu":
             fused_kernels, fused_block, fused_mlp_with_gradient = True, False, False
-        elif part == "grad-math-attention":
-            grad_math_attention = True
         elif part in ("eager", "compile"):
             compile = part == "compile"
         elif part == "cuda-graphs":
@@ -222,13 +217,13 @@ def parse_variant(name: str) -> Variant:
             raise ValueError(
                 f"unknown variant part '{part}' in '{name}': use default, eager, compile, "
                 f"{', '.join('compile-' + mode for mode in compile_modes)}, cuda-graphs, {', '.join(SDPA_BACKENDS)}, "
-                f"{', '.join(FLASH_PACKAGES)}, fused, fused-block, fused-swiglu, unfused, grad-math-attention, joined by '+'"
+                f"{', '.join(FLASH_PACKAGES)}, fused, fused-block, fused-swiglu, unfused, joined by '+'"
             )
     if sdpa_backend is not None and flash_package is not None:
         raise ValueError(f"'{name}' names an SDPA kernel and a FlashAttention package: attention runs through one of them")
     return Variant(name, compile=compile, compile_mode=compile_mode, cuda_graphs=cuda_graphs, sdpa_backend=sdpa_backend,
                    flash_package=flash_package, fused_kernels=fused_kernels, fused_block=fused_block,
-                   fused_mlp_with_gradient=fused_mlp_with_gradient, grad_math_attention=grad_math_attention)
+                   fused_mlp_with_gradient=fused_mlp_with_gradient)
 
 
 def build_state(base_config: PretrainConfig, variant: Variant, metadata: PuzzleDatasetMetadata, context: DistributedContext):
@@ -283,34 +278,6 @@ def attention_override(variant: Variant, device: torch.device, dtype: torch.dtyp
             del layers._backend_cache[key]
         else:
             layers._backend_cache[key] = previous
-
-
-def _math_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """Softmax attention as two products over [batch, seq, heads, head_dim], the softmax in float32."""
-    query, key, value = (tensor.transpose(1, 2) for tensor in (query, key, value))
-    scores = torch.matmul(query, key.transpose(-1, -2)) * query.shape[-1] ** -0.5
-    probabilities = torch.softmax(scores.float(), dim=-1).to(value.dtype)
-    return torch.matmul(probabilities, value).transpose(1, 2)
-
-
-@contextlib.contextmanager
-def grad_math_attention_override(variant: Variant):
-    """With grad-math-attention, SDPA calls under autograd take _math_attention instead."""
-    if not variant.grad_math_attention:
-        yield
-        return
-    sdpa_attention = layers._sdpa_attention
-
-    def attention(query, key, value):
-        if torch.is_grad_enabled():
-            return _math_attention(query, key, value)
-        return sdpa_attention(query, key, value)
-
-    layers._sdpa_attention = attention
-    try:
-        yield
-    finally:
-        layers._sdpa_attention = sdpa_attention
 
 
 # Timing -----------------------------------------------------------------------------------------
@@ -422,7 +389,7 @@ def benchmark_variant(variant: Variant, base_config: PretrainConfig, metadata: P
     model = state.loss_head.model
     dtype, head_dim = model.inner.forward_dtype, model.config.hidden_size // model.config.num_heads
     seq_len = metadata.seq_len + model.inner.puzzle_emb_len
-    with attention_override(variant, device, dtype, head_dim, seq_len), grad_math_attention_override(variant):
+    with attention_override(variant, device, dtype, head_dim, seq_len):
         # The first step compiles (when compiled); the further warm-up steps settle caches and autotuning.
         start = time.perf_counter()
         run_steps(config, state, batches, context, 1)

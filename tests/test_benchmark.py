@@ -10,11 +10,8 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend
 
-from benchmarks import train_step
 from benchmarks.trace_gaps import gap_summary, gpu_intervals
-from benchmarks.train_step import (HOPPER_PEAK_TFLOPS, Variant, _math_attention, grad_math_attention_override, main, parse_variant,
-                                   train_step_flops)
-from models import layers
+from benchmarks.train_step import HOPPER_PEAK_TFLOPS, Variant, main, parse_variant, train_step_flops
 from models.hrm.hrm_act_v1 import HierarchicalReasoningModel_ACTV1
 from utils.config import ConfigError
 
@@ -127,22 +124,6 @@ def test_variant_names_map_to_their_settings():
     assert parse_variant("compile+flash-attn-4") == Variant("compile+flash-attn-4", compile=True, flash_package="flash_attn_4")
     assert parse_variant("fused-swiglu") == Variant("fused-swiglu", fused_kernels=True, fused_block=False, fused_mlp_with_gradient=False)
     assert parse_variant("fused-block") == Variant("fused-block", fused_kernels=True, fused_mlp_with_gradient=False)
-    assert parse_variant("fused+grad-math-attention") == Variant("fused+grad-math-attention", fused_kernels=True, grad_math_attention=True)
-
-
-def test_math_attention_experiment_computes_sdpa_and_only_under_autograd(monkeypatch):
-    generator = torch.Generator().manual_seed(0)
-    query, key, value = (torch.randn(3, 82, 4, 16, generator=generator) for _ in range(3))
-    torch.testing.assert_close(_math_attention(query, key, value), layers._sdpa_attention(query, key, value), atol=1e-5, rtol=1e-5)
-    math_calls = []
-    monkeypatch.setattr(train_step, "_math_attention", lambda *tensors: math_calls.append(torch.is_grad_enabled()) or _math_attention(*tensors))
-    sdpa_attention = layers._sdpa_attention
-    with grad_math_attention_override(Variant("grad-math-attention", grad_math_attention=True)):
-        with torch.no_grad():
-            layers._attention(query, key, value)
-        layers._attention(query, key, value)
-    assert math_calls == [True]
-    assert layers._sdpa_attention is sdpa_attention
 
 
 def test_trace_gaps_merges_overlaps_and_names_the_largest_gap():

@@ -222,9 +222,8 @@ def build_loss_head(config: PretrainConfig, metadata, context: DistributedContex
     try:
         model = model_class(model_config)
     except ValidationError as error:
-        # The model validates its own config; its class lives beside the model, named in the error.
-        config_class = getattr(inspect.getmodule(model_class), error.title, None)
-        raise ConfigError(f"arch: the config does not fit {config.arch.name}:\n" + format_validation_error(error, config_class, prefix="arch.")) from None
+        # The model validates its own config (the arch keys).
+        raise ConfigError(f"arch: the config does not fit {config.arch.name}:\n" + format_validation_error(error, prefix="arch.")) from None
     except ValueError as error:
         raise ConfigError(f"arch: the config does not fit {config.arch.name}: {error}") from None
     loss_head = loss_head_class(model, loss_type=config.arch.loss.loss_type)

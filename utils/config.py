@@ -6,6 +6,7 @@ single source of truth for the run and is saved as `<checkpoint_path>/all_config
 """
 
 import difflib
+import glob
 import os
 import re
 from typing import List, Literal, Optional
@@ -142,30 +143,53 @@ class PretrainConfig(StrictModel):
         return self.epochs // self.epochs_per_eval
 
 
-def format_validation_error(error: ValidationError, model: Optional[type], prefix: str = "") -> str:
-    """One line per error, each naming its key (as written on the command line, with `prefix`);
-    an unknown key gets the closest known key of `model` (the pydantic class that was validated)."""
+def format_validation_error(error: ValidationError, prefix: str = "") -> str:
+    """One line per error, each naming its key as written on the command line (with `prefix`)."""
     lines = []
     for item in error.errors():
         key = prefix + ".".join(str(part) for part in item["loc"])
-        if item["type"] == "extra_forbidden" and model is None:
-            lines.append(f"  {key}: unknown key.")
-        elif item["type"] == "extra_forbidden":
-            known = _known_keys(model, item["loc"][:-1])
-            guess = difflib.get_close_matches(str(item["loc"][-1]), known, n=1)
-            hint = f" Did you mean '{guess[0]}'?" if guess else f" Known keys here: {', '.join(sorted(known))}."
-            lines.append(f"  {key}: unknown key.{hint}")
+        if item["type"] == "extra_forbidden":
+            lines.append(unknown_key_message(key))
         else:
             message = item["msg"].removeprefix("Value error, ")
             lines.append(f"  {key}: {message}" if key else f"  {message}")
     return "\n".join(lines)
 
 
-def _known_keys(model: type, path) -> List[str]:
-    for part in path:
-        annotation = model.model_fields[part].annotation
-        model = next((arg for arg in getattr(annotation, "__args__", ()) if isinstance(arg, type)), annotation)
-    return list(model.model_fields)
+def unknown_key_message(key: str) -> str:
+    """'  key: unknown key.' and the closest known key: among its siblings first, then anywhere
+    (so `hidden_size` finds `arch.hidden_size`)."""
+    parent, _, name = key.rpartition(".")
+    known = _known_keys()
+    for candidates in ([known_key for known_key in known if known_key.rpartition(".")[0] == parent], known):
+        by_name = {}
+        for known_key in candidates:
+            by_name.setdefault(known_key.rpartition(".")[2], known_key)
+        guess = difflib.get_close_matches(name, list(by_name), n=1)
+        if guess:
+            return f"  {key}: unknown key. Did you mean '{by_name[guess[0]]}'?"
+    return f"  {key}: unknown key. The keys are those of config/cfg_pretrain.yaml and config/arch/*.yaml (arch.KEY)."
+
+
+def _known_keys() -> List[str]:
+    """Every dotted key of the config files (arch files under `arch.`) and of PretrainConfig."""
+
+    def dotted(tree: dict, prefix: str) -> List[str]:
+        keys = []
+        for key, value in tree.items():
+            keys.append(prefix + key)
+            if isinstance(value, dict):
+                keys += dotted(value, f"{prefix}{key}.")
+        return keys
+
+    def read(path: str) -> dict:
+        with open(path) as file:
+            return yaml.safe_load(file) or {}
+
+    keys = dotted({key: value for key, value in read(os.path.join(CONFIG_DIR, "cfg_pretrain.yaml")).items() if key != "defaults"}, "")
+    for path in sorted(glob.glob(os.path.join(CONFIG_DIR, "arch", "*.yaml"))):
+        keys += dotted(read(path), "arch.")
+    return list(dict.fromkeys(keys + list(PretrainConfig.model_fields)))
 
 
 def environment_overrides(environ) -> List[str]:
@@ -179,7 +203,7 @@ def validate_config(raw: dict) -> PretrainConfig:
     try:
         return PretrainConfig(**raw)
     except ValidationError as error:
-        raise ConfigError("Invalid training config:\n" + format_validation_error(error, PretrainConfig)) from None
+        raise ConfigError("Invalid training config:\n" + format_validation_error(error)) from None
 
 
 def load_config(overrides: List[str], config_name: str = "cfg_pretrain") -> PretrainConfig:
@@ -195,28 +219,13 @@ def load_config(overrides: List[str], config_name: str = "cfg_pretrain") -> Pret
     except (HydraException, OmegaConfBaseException) as error:
         unknown = re.search(r"Could not override '([^']+)'", str(error))
         if unknown:
-            raise ConfigError(_unknown_override_message(unknown.group(1), config_name)) from None
+            raise ConfigError("Invalid training config:\n" + unknown_key_message(unknown.group(1))) from None
         raise ConfigError(
             f"Could not compose the config from overrides {overrides}: {error}\n"
             "Overrides look like key=value or arch.key=value; keys are listed in config/cfg_pretrain.yaml "
             "and config/arch/hrm_v1.yaml."
         ) from None
     return validate_config(raw)
-
-
-def _unknown_override_message(key: str, config_name: str) -> str:
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        defaults = OmegaConf.to_container(compose(config_name=config_name), resolve=False)
-    parent_path, _, name = key.rpartition(".")
-    parent = defaults
-    for part in parent_path.split(".") if parent_path else []:
-        parent = parent.get(part, {}) if isinstance(parent, dict) else {}
-    known = sorted(parent) if isinstance(parent, dict) else []
-    guess = difflib.get_close_matches(name, known, n=1)
-    hint = f"Did you mean '{(parent_path + '.') if parent_path else ''}{guess[0]}'?" if guess else f"Known keys here: {', '.join(known)}."
-    return f"Invalid training config:\n  {key}: unknown key. {hint}"
 
 
 def check_world_size(config: PretrainConfig, world_size: int) -> None:
@@ -279,4 +288,4 @@ def read_saved_config(folder: str) -> PretrainConfig:
     try:
         return PretrainConfig(**raw)
     except ValidationError as error:
-        raise ConfigError(f"{path} is not a valid training config:\n" + format_validation_error(error, PretrainConfig)) from None
+        raise ConfigError(f"{path} is not a valid training config:\n" + format_validation_error(error)) from None

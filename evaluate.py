@@ -15,8 +15,8 @@ from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from models.state_dict import load_model_state_dict
-from pretrain import TrainState, build_loss_head, create_dataloader, evaluate, step_function
-from utils.checkpoint import load_checkpoint, step_from_filename, weights_from_checkpoint
+from pretrain import build_loss_head, create_dataloader, evaluate, step_function
+from utils.checkpoint import TrainState, load_weights
 from utils.config import ConfigError, check_saveable_outputs, check_world_size, environment_overrides, read_saved_config, validate_config
 from utils.distributed import DistributedContext, distributed_session, end_process
 
@@ -58,10 +58,8 @@ def run_evaluation(eval_config: EvalConfig, context: DistributedContext) -> Opti
 
     eval_loader = create_dataloader(config, "test", context, test_set_mode=True, epochs_per_iter=1)
     loss_head = build_loss_head(config, eval_loader.metadata, context)
-    checkpoint = load_checkpoint(eval_config.checkpoint)
-    load_model_state_dict(loss_head, weights_from_checkpoint(checkpoint))
-    # Our checkpoints hold their step; an original weights-only file has it in its name, if anywhere.
-    step = checkpoint["step"] if isinstance(checkpoint.get("step"), int) else step_from_filename(eval_config.checkpoint) or 0
+    weights, step = load_weights(eval_config.checkpoint)
+    load_model_state_dict(loss_head, weights)
     state = TrainState(
         loss_head=loss_head,
         step_fn=step_function(config, loss_head, context.device),

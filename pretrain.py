@@ -9,12 +9,10 @@ This file wires the parts together and runs the loop; the maths lives in models/
 
 import dataclasses
 import importlib
-import inspect
 import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
@@ -30,22 +28,8 @@ from models.kernels.mlp import mlp_kernel_name
 from models.layers import attention_backend
 from models.optimizers import build_adam_atan2
 from models.sparse_embedding import CastedSparseEmbeddingSignSGD_Distributed
-from models.state_dict import load_model_state_dict
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
-from utils.checkpoint import (
-    CheckpointError,
-    carry_from_state,
-    carry_to_state,
-    checkpoint_path_for_step,
-    concatenate_carry_states,
-    list_checkpoints,
-    load_checkpoint,
-    prune_checkpoints,
-    restore_rng_state,
-    rng_state,
-    save_atomically,
-    slice_carry_state,
-)
+from utils.checkpoint import CheckpointError, TrainState, prepare_run_folder, restore_train_state, save_atomically, save_train_state
 from utils.config import (
     SAVED_CONFIG_NAME,
     ConfigError,
@@ -60,31 +44,12 @@ from utils.config import (
     save_config,
     with_derived_names,
 )
-from utils.distributed import (
-    DistributedContext,
-    all_reduce_gradients,
-    barrier,
-    broadcast_object,
-    gather_objects,
-    distributed_session,
-    end_process,
-)
+from utils.distributed import DistributedContext, all_reduce_gradients, broadcast_object, distributed_session, end_process
 from utils.logging import MetricsFileError, RunLogger, SilentLogger
 
 
 class NonFiniteLossError(RuntimeError):
     pass
-
-
-@dataclass
-class TrainState:
-    loss_head: nn.Module  # uncompiled: its state dict carries the original's key names
-    step_fn: nn.Module  # what the loop calls: loss_head, compiled where enabled
-    optimizers: List[torch.optim.Optimizer]
-    base_lrs: List[float]
-    carries: Optional[List[Any]]  # the ACT carry of each micro-batch (gradient_accumulation_steps of them)
-    step: int
-    total_steps: int
 
 
 def load_model_class(identifier: str, prefix: str = "models.") -> type:
@@ -395,99 +360,6 @@ def evaluate(config: PretrainConfig, state: TrainState, loader: PuzzleDataset, c
         count = max(sums.pop("count"), 1)
         results[set_name] = {key: value / count for key, value in sums.items()}
     return results if context.is_main else None
-
-
-def save_train_state(config: PretrainConfig, state: TrainState, loader: PuzzleDataset, context: DistributedContext) -> None:
-    """Write step_N.pt with everything needed to continue bit for bit (called on every rank)."""
-    local_carry = None if state.carries is None else concatenate_carry_states([carry_to_state(carry) for carry in state.carries])
-    carry_states = gather_objects(local_carry, context)
-    rng_states = gather_objects(rng_state(context.device), context)
-    if context.is_main:
-        checkpoint = {
-            "model": state.loss_head.state_dict(),
-            "optimizers": [optimizer.state_dict() for optimizer in state.optimizers],
-            "step": state.step,
-            "carry": None if carry_states[0] is None else concatenate_carry_states(carry_states),
-            "rng": rng_states,
-            "loader": loader.state_dict(),
-            "config": config.model_dump(),
-        }
-        save_atomically(checkpoint, checkpoint_path_for_step(config.checkpoint_path, state.step))
-        prune_checkpoints(config.checkpoint_path, config.keep_checkpoints)
-    barrier(context)
-
-
-def restore_train_state(path: str, config: PretrainConfig, state: TrainState, loader: PuzzleDataset, context: DistributedContext) -> None:
-    checkpoint = load_checkpoint(path)
-    changed = _changed_keys(checkpoint["config"], config.model_dump())
-    if changed:
-        raise ConfigError(
-            f"resume: {path} was trained with another config ({'; '.join(changed)}). "
-            "Resume with the same settings, or start a new run in another checkpoint_path."
-        )
-    load_model_state_dict(state.loss_head, checkpoint["model"])
-    for optimizer, optimizer_state in zip(state.optimizers, checkpoint["optimizers"]):
-        optimizer.load_state_dict(optimizer_state)
-    state.step = checkpoint["step"]
-    loader.load_state_dict(checkpoint["loader"])
-    if checkpoint["carry"] is not None:
-        # The stored carry has the rows of the global batch in order, so it resumes with any split
-        # of the batch over processes and micro-batches.
-        micro = micro_batch_size(config, context.world_size)
-        first_row = context.rank * config.global_batch_size // context.world_size
-        template = state.loss_head.initial_carry(_blank_batch(loader, micro, context.device))
-        state.carries = [
-            carry_from_state(slice_carry_state(checkpoint["carry"], first_row + index * micro, first_row + (index + 1) * micro), template)
-            for index in range(config.gradient_accumulation_steps)
-        ]
-    if len(checkpoint["rng"]) == context.world_size:
-        restore_rng_state(checkpoint["rng"][context.rank], context.device)
-    elif context.is_main:
-        print(f"resume: the checkpoint was written by {len(checkpoint['rng'])} processes, this run has {context.world_size}; "
-              "random streams restart from the seed, so the run continues but not bit for bit")
-        torch.manual_seed(config.seed + context.rank + state.step)
-
-
-# Keys (dotted where nested) that may differ between a checkpoint's config and the resuming run's.
-RESUMABLE_CHANGES = {
-    "resume", "wandb", "keep_checkpoints", "checkpoint_every_steps", "checkpoint_every_eval", "stop_after_minutes", "compile", "cuda_graphs",
-    "eval_save_outputs", "checkpoint_path", "project_name", "run_name", "arch.fused_kernels", "gradient_accumulation_steps",
-}
-
-
-def _changed_keys(saved: dict, current: dict, prefix: str = "") -> List[str]:
-    changed = []
-    for key in sorted(set(saved) | set(current)):
-        if f"{prefix}{key}" in RESUMABLE_CHANGES:
-            continue
-        old, new = saved.get(key), current.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            changed += _changed_keys(old, new, f"{prefix}{key}.")
-        elif old != new:
-            changed.append(f"{prefix}{key}: {old!r} in the checkpoint, {new!r} now")
-    return changed
-
-
-def _blank_batch(loader: PuzzleDataset, batch_size: int, device: torch.device) -> Dict[str, torch.Tensor]:
-    seq_len = loader.metadata.seq_len
-    return {
-        "inputs": torch.zeros((batch_size, seq_len), dtype=torch.int32, device=device),
-        "labels": torch.zeros((batch_size, seq_len), dtype=torch.int32, device=device),
-        "puzzle_identifiers": torch.zeros((batch_size,), dtype=torch.int32, device=device),
-    }
-
-
-def prepare_run_folder(config: PretrainConfig, context: DistributedContext) -> Optional[str]:
-    """Check what `checkpoint_path` holds; return the checkpoint to resume from, if any."""
-    existing = list_checkpoints(config.checkpoint_path)
-    if existing and not config.resume:
-        raise ConfigError(
-            f"checkpoint_path={config.checkpoint_path} already holds checkpoints ({os.path.basename(existing[-1])} is the newest). "
-            "Add resume=true to continue that run, or choose another checkpoint_path (or run_name) for a new one."
-        )
-    if config.resume and not existing and context.is_main:
-        print(f"resume=true: no checkpoint in {config.checkpoint_path} yet, starting from step 0")
-    return existing[-1] if existing else None
 
 
 def launch(overrides: Sequence[str]) -> Optional[Dict[str, Dict[str, float]]]:

@@ -1,5 +1,6 @@
 """utils.checkpoint: safe loading of our checkpoints and the original's, clear errors for unreadable
-files, and a save that reaches the disk before it gets its final name."""
+files, a save that reaches the disk before it gets its final name, and which config changes a resume
+accepts. Saving and resuming whole runs: tests/test_training.py."""
 
 import os
 import pathlib
@@ -11,7 +12,9 @@ import torch
 from models.optimizers import AdamATan2
 from utils.checkpoint import (
     CheckpointError,
+    config_changes,
     load_checkpoint,
+    load_weights,
     save_atomically,
     weights_from_checkpoint,
 )
@@ -65,9 +68,18 @@ def test_our_full_checkpoint_loads_back_unchanged(saved_checkpoint):
 def test_an_original_weights_only_file_loads(tmp_path):
     # The original saved the compiled model's bare state dict as `step_N`.
     weights = {f"_orig_mod.{key}": value for key, value in full_checkpoint()["model"].items()}
-    path = str(tmp_path / "step_1")
+    path = str(tmp_path / "step_7")
     torch.save(weights, path)
     assert_same(weights, weights_from_checkpoint(load_checkpoint(path)))
+    # Its step comes from its name; ours holds its own, whatever the file is called.
+    loaded, step = load_weights(path)
+    assert_same(weights, loaded)
+    assert step == 7
+    renamed = str(tmp_path / "best.pt")
+    save_atomically(full_checkpoint(), renamed)
+    loaded, step = load_weights(renamed)
+    assert_same(full_checkpoint()["model"], loaded)
+    assert step == 1
 
 
 def assert_unreadable(path: str):
@@ -119,3 +131,12 @@ def test_save_reaches_the_disk_before_the_rename(tmp_path, disk_events):
 
     assert disk_events == [("fsync", os.path.getsize(path)), ("replace", "step_1.pt.partial", "step_1.pt")]
     assert os.listdir(tmp_path) == ["step_1.pt"]
+
+
+def test_implementation_switches_do_not_block_resume():
+    # compile and the fused kernels change how a step runs, not what it computes.
+    saved = {"lr": 1e-3, "compile": None, "arch": {"hidden_size": 16, "fused_kernels": True}}
+    switched = {"lr": 1e-3, "compile": False, "arch": {"hidden_size": 16, "fused_kernels": False}}
+    assert config_changes(saved, switched) == []
+    resized = {"lr": 1e-3, "compile": None, "arch": {"hidden_size": 32, "fused_kernels": True}}
+    assert config_changes(saved, resized) == ["arch.hidden_size: 16 in the checkpoint, 32 now"]

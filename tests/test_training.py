@@ -15,7 +15,7 @@ import yaml
 import evaluate
 import pretrain
 from tests.tiny_runs import REPO_ROOT, build_tiny_sudoku, tiny_overrides, training_environment
-from utils.checkpoint import list_checkpoints
+from utils.checkpoint import CheckpointError, list_checkpoints
 from utils.config import ConfigError, environment_overrides
 from utils.distributed import DistributedContext
 from utils.logging import read_metrics
@@ -419,13 +419,15 @@ def test_resume_with_another_config_is_refused(dataset, tmp_path):
     shutil.rmtree(run)
 
 
-def test_implementation_switches_do_not_block_resume():
-    # compile and the fused kernels change how a step runs, not what it computes.
-    saved = {"lr": 1e-3, "compile": None, "arch": {"hidden_size": 16, "fused_kernels": True}}
-    switched = {"lr": 1e-3, "compile": False, "arch": {"hidden_size": 16, "fused_kernels": False}}
-    assert pretrain._changed_keys(saved, switched) == []
-    resized = {"lr": 1e-3, "compile": None, "arch": {"hidden_size": 32, "fused_kernels": True}}
-    assert pretrain._changed_keys(saved, resized) == ["arch.hidden_size: 16 in the checkpoint, 32 now"]
+def test_resume_from_a_weights_only_file_is_refused(dataset, tmp_path):
+    run = str(tmp_path / "run")
+    train_in_process(tiny_overrides(dataset, run, epochs=4))
+    newest = list_checkpoints(run)[-1]
+    torch.save(final_weights(run)["model"], newest)
+    before = sorted(os.listdir(run))
+    with pytest.raises(CheckpointError, match=r"step_12.pt is not a full training state \(it lacks model, optimizers, step, carry, rng, loader, config\)"):
+        train_in_process(tiny_overrides(dataset, run, epochs=4, resume="true"))
+    assert sorted(os.listdir(run)) == before
 
 
 def test_disable_compile_is_recorded_as_compile_false(dataset, tmp_path):

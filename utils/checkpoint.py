@@ -1,6 +1,8 @@
-"""Full-state checkpoints: written atomically, found again for resuming, pruned on request.
+"""Full-state checkpoints: the run folder, saving, resuming, and reading the original's weights files.
 
-A checkpoint `step_N.pt` is one dict:
+The training loop makes three calls: `prepare_run_folder` (is there a run to continue?),
+`restore_train_state` and `save_train_state`. A checkpoint `step_N.pt` is one dict, built in
+`checkpoint_contents` and read back through `read_checkpoint`:
   model       the loss head's state dict, uncompiled, with the original's key names
   optimizers  the state dicts of the two optimisers
   step        optimiser steps taken
@@ -8,7 +10,7 @@ A checkpoint `step_N.pt` is one dict:
   rng         the torch RNG states of every rank
   loader      the training loader's position (next batch to read)
   config      the run's resolved config
-The original saved only the weights, as `step_N` (no suffix); `weights_from_checkpoint` reads both kinds.
+The original saved only the weights, as `step_N` (no suffix); `load_weights` reads both kinds.
 Both hold only tensors and plain Python values, so they load with `torch.load(weights_only=True)`,
 which runs no code from the file (safe for downloaded checkpoints).
 """
@@ -18,14 +20,27 @@ import errno
 import os
 import pickle
 import re
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+from torch import nn
 
+from models.state_dict import load_model_state_dict
+from utils.config import ConfigError, PretrainConfig, micro_batch_size
+from utils.distributed import DistributedContext, barrier, gather_objects
 from utils.files import write_atomically
 
+CHECKPOINT_KEYS = ("model", "optimizers", "step", "carry", "rng", "loader", "config")
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)\.pt$")
 ORIGINAL_WEIGHTS_PATTERN = re.compile(r"^step_(\d+)$")
+
+# Keys (dotted where nested) that may differ between a checkpoint's config and the resuming run's:
+# they change how a run is launched, logged or computed, not what it computes.
+RESUMABLE_CHANGES = {
+    "resume", "wandb", "keep_checkpoints", "checkpoint_every_steps", "checkpoint_every_eval", "stop_after_minutes", "compile", "cuda_graphs",
+    "eval_save_outputs", "checkpoint_path", "project_name", "run_name", "arch.fused_kernels", "gradient_accumulation_steps",
+}
 
 # What torch.load raises for an empty, truncated, corrupt or non-checkpoint file, found by trying such
 # files: the zip reader, the weights-only unpickler and the legacy format each fail in their own way.
@@ -36,6 +51,151 @@ UNREADABLE_CHECKPOINT_ERRORS = (
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names the file and what to do."""
+
+
+@dataclass
+class TrainState:
+    """What a training run holds between steps; `step_N.pt` keeps what it needs to continue."""
+
+    loss_head: nn.Module  # saved as "model", uncompiled: its state dict carries the original's key names
+    step_fn: nn.Module  # what the loop calls: loss_head, compiled where enabled
+    optimizers: List[torch.optim.Optimizer]
+    base_lrs: List[float]
+    carries: Optional[List[Any]]  # the ACT carry of each micro-batch (gradient_accumulation_steps of them)
+    step: int
+    total_steps: int
+
+
+# ----------------------------------------------------------------------------------------------
+# The calls of the training loop
+
+
+def prepare_run_folder(config: PretrainConfig, context: DistributedContext) -> Optional[str]:
+    """Check what `checkpoint_path` holds; return the checkpoint to resume from, if any."""
+    existing = list_checkpoints(config.checkpoint_path)
+    if existing and not config.resume:
+        raise ConfigError(
+            f"checkpoint_path={config.checkpoint_path} already holds checkpoints ({os.path.basename(existing[-1])} is the newest). "
+            "Add resume=true to continue that run, or choose another checkpoint_path (or run_name) for a new one."
+        )
+    if config.resume and not existing and context.is_main:
+        print(f"resume=true: no checkpoint in {config.checkpoint_path} yet, starting from step 0")
+    return existing[-1] if existing else None
+
+
+def save_train_state(config: PretrainConfig, state: TrainState, loader, context: DistributedContext) -> None:
+    """Write step_N.pt with everything needed to continue bit for bit (called on every rank)."""
+    checkpoint = checkpoint_contents(config, state, loader, context)
+    if context.is_main:
+        save_atomically(checkpoint, checkpoint_path_for_step(config.checkpoint_path, state.step))
+        prune_checkpoints(config.checkpoint_path, config.keep_checkpoints)
+    barrier(context)
+
+
+def restore_train_state(path: str, config: PretrainConfig, state: TrainState, loader, context: DistributedContext) -> None:
+    """Continue from `path`: weights, optimisers, step, loader position, this rank's carries and RNG."""
+    checkpoint = read_checkpoint(path, config)
+    load_model_state_dict(state.loss_head, checkpoint["model"])
+    for optimizer, optimizer_state in zip(state.optimizers, checkpoint["optimizers"]):
+        optimizer.load_state_dict(optimizer_state)
+    state.step = checkpoint["step"]
+    loader.load_state_dict(checkpoint["loader"])
+    if checkpoint["carry"] is not None:
+        # The stored carry has the rows of the global batch in order, so it resumes with any split
+        # of the batch over processes and micro-batches.
+        micro = micro_batch_size(config, context.world_size)
+        first_row = context.rank * config.global_batch_size // context.world_size
+        template = state.loss_head.initial_carry(_blank_batch(loader.metadata.seq_len, micro, context.device))
+        state.carries = [
+            carry_from_state(slice_carry_state(checkpoint["carry"], first_row + index * micro, first_row + (index + 1) * micro), template)
+            for index in range(config.gradient_accumulation_steps)
+        ]
+    if len(checkpoint["rng"]) == context.world_size:
+        restore_rng_state(checkpoint["rng"][context.rank], context.device)
+    else:
+        if context.is_main:
+            print(f"resume: the checkpoint was written by {len(checkpoint['rng'])} processes, this run has {context.world_size}; "
+                  "random streams restart from the seed, so the run continues but not bit for bit")
+        torch.manual_seed(config.seed + context.rank + state.step)
+
+
+# ----------------------------------------------------------------------------------------------
+# The checkpoint dict: built in one place, read and checked in one place
+
+
+def checkpoint_contents(config: PretrainConfig, state: TrainState, loader, context: DistributedContext) -> Optional[Dict[str, Any]]:
+    """The step_N.pt dict on the main rank, None on the others (every rank takes part in the gathers)."""
+    local_carry = None if state.carries is None else concatenate_carry_states([carry_to_state(carry) for carry in state.carries])
+    carry_states = gather_objects(local_carry, context)
+    rng_states = gather_objects(rng_state(context.device), context)
+    if not context.is_main:
+        return None
+    return {
+        "model": state.loss_head.state_dict(),
+        "optimizers": [optimizer.state_dict() for optimizer in state.optimizers],
+        "step": state.step,
+        "carry": None if carry_states[0] is None else concatenate_carry_states(carry_states),
+        "rng": rng_states,
+        "loader": loader.state_dict(),
+        "config": config.model_dump(),
+    }
+
+
+def read_checkpoint(path: str, config: PretrainConfig) -> Dict[str, Any]:
+    """A step_N.pt to resume from: readable, a full training state, written with a compatible config."""
+    checkpoint = load_checkpoint(path)
+    missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint] if isinstance(checkpoint, dict) else list(CHECKPOINT_KEYS)
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a full training state (it lacks {', '.join(missing)}), so a run cannot continue from it. "
+            "Move it out of the run folder, or start a new run in another checkpoint_path."
+        )
+    changed = config_changes(checkpoint["config"], config.model_dump())
+    if changed:
+        raise ConfigError(
+            f"resume: {path} was trained with another config ({'; '.join(changed)}). "
+            "Resume with the same settings, or start a new run in another checkpoint_path."
+        )
+    return checkpoint
+
+
+def config_changes(saved: dict, current: dict, prefix: str = "") -> List[str]:
+    """The keys outside RESUMABLE_CHANGES whose values differ, as 'key: old in the checkpoint, new now'."""
+    changed = []
+    for key in sorted(set(saved) | set(current)):
+        if f"{prefix}{key}" in RESUMABLE_CHANGES:
+            continue
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += config_changes(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changed.append(f"{prefix}{key}: {old!r} in the checkpoint, {new!r} now")
+    return changed
+
+
+def load_weights(path: str) -> Tuple[Dict[str, torch.Tensor], int]:
+    """The model weights of one of our checkpoints or of an original weights-only file, and its step.
+
+    Our checkpoints hold their step; an original weights-only file has it in its name, if anywhere (else 0)."""
+    checkpoint = load_checkpoint(path)
+    step = checkpoint["step"] if isinstance(checkpoint.get("step"), int) else step_from_filename(path) or 0
+    return weights_from_checkpoint(checkpoint), step
+
+
+def weights_from_checkpoint(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    """The model state dict of one of our full checkpoints or of an original weights-only file."""
+    if "model" in checkpoint and isinstance(checkpoint["model"], dict):
+        return checkpoint["model"]
+    if checkpoint and all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
+        return checkpoint
+    raise ValueError(
+        "the checkpoint holds neither a full training state (with a 'model' entry) nor a plain state dict "
+        f"of tensors (found keys: {sorted(checkpoint)[:8]})"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Files: names, discovery, atomic writes, pruning, safe loading
 
 
 def checkpoint_path_for_step(folder: str, step: int) -> str:
@@ -109,16 +269,8 @@ def _first_sentence(error: Exception) -> str:
     return f"{type(error).__name__}: {sentence}" if sentence else type(error).__name__
 
 
-def weights_from_checkpoint(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-    """The model state dict of one of our full checkpoints or of an original weights-only file."""
-    if "model" in checkpoint and isinstance(checkpoint["model"], dict):
-        return checkpoint["model"]
-    if checkpoint and all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
-        return checkpoint
-    raise ValueError(
-        "the checkpoint holds neither a full training state (with a 'model' entry) nor a plain state dict "
-        f"of tensors (found keys: {sorted(checkpoint)[:8]})"
-    )
+# ----------------------------------------------------------------------------------------------
+# The ACT carry and the RNG states as plain tensors
 
 
 def carry_to_state(carry: Any) -> Any:
@@ -162,6 +314,15 @@ def slice_carry_state(state: Any, start: int, stop: int) -> Any:
     if isinstance(state, torch.Tensor):
         return state[start:stop]
     return {key: slice_carry_state(value, start, stop) for key, value in state.items()}
+
+
+def _blank_batch(seq_len: int, batch_size: int, device: torch.device) -> Dict[str, torch.Tensor]:
+    """A batch of the right shapes for `initial_carry`, which builds the template a stored carry fills."""
+    return {
+        "inputs": torch.zeros((batch_size, seq_len), dtype=torch.int32, device=device),
+        "labels": torch.zeros((batch_size, seq_len), dtype=torch.int32, device=device),
+        "puzzle_identifiers": torch.zeros((batch_size,), dtype=torch.int32, device=device),
+    }
 
 
 def rng_state(device: torch.device) -> Dict[str, torch.Tensor]:

@@ -27,7 +27,7 @@ if __package__ in (None, ""):
 from dataset.build_arc_dataset import ArcBuildConfig, build_arc_dataset, place_on_canvas  # noqa: E402
 from dataset.common import dihedral_transform  # noqa: E402
 from tests.dataset_files import load_field  # noqa: E402
-from utils.arc_score import crop_grids, parse_name  # noqa: E402
+from evaluators.arc import crop_grids, parse_name  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE = os.path.join(REPO, "dataset", "raw-data", "ARC-AGI", "data", "evaluation")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.make_arc_example import DEFAULT_OUTPUT, EXPECTED_PASS_AT, TASKS, make_example
-from utils.arc_score import load_predictions, score
+from evaluators.arc import load_predictions, score
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE_DATASET = os.path.join(DEFAULT_OUTPUT, "data")

@@ -1,4 +1,5 @@
-"""utils.arc_score on hand-made datasets and predictions whose scores are known in advance."""
+"""evaluators/arc.py on hand-made datasets and predictions whose scores are known in advance, and its
+ARC evaluator on the shipped example, in one process and gathered over two."""
 
 import json
 import os
@@ -9,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from dataset.common import dihedral_transform
-from utils import arc_score
-from utils.arc_score import crop_grids, load_predictions, parse_name, score, submission
+from dataset.common import PuzzleDatasetMetadata, dihedral_transform
+from evaluators import arc
+from evaluators.arc import ARC, crop_grids, load_predictions, parse_name, score, submission, write_submission
+from tests.make_arc_example import DEFAULT_OUTPUT
 
 PERM = "0214365879"  # colour c becomes int(PERM[c])
 
@@ -117,7 +119,7 @@ def test_parse_name_inverts_the_colour_permutation():
     assert parsed.task == "007bbfb7" and parsed.dihedral == 3
     colours = np.array([0, 9, 1, 8, 2, 7, 3, 6, 4, 5])
     assert (parsed.inverse_colours[colours] == np.arange(10)).all()
-    assert parse_name("007bbfb7") == arc_score.PuzzleName(task="007bbfb7")
+    assert parse_name("007bbfb7") == arc.PuzzleName(task="007bbfb7")
     # Underscores inside a task name stay part of it.
     assert parse_name("Copy_1_t0_0123456789").task == "Copy_1"
     with pytest.raises(ValueError, match="not a permutation"):
@@ -225,7 +227,7 @@ def test_submission_content(dataset, tmp_path):
             aug_row("one", 6, ONE_IN, ONE_OUT, 0.0)]
     write_preds(tmp_path / "step_7_all_preds.0", ids, rows)
     out = tmp_path / "submission.json"
-    arc_score.main([str(tmp_path), "--dataset", root, "--submission", str(out)])
+    arc.main([str(tmp_path), "--dataset", root, "--submission", str(out)])
     assert json.loads(out.read_text()) == {
         "one": [{"attempt_1": ONE_OUT, "attempt_2": ONE_OUT}],
         "rot": [{"attempt_1": [[1]], "attempt_2": [[2, 3]]},
@@ -255,7 +257,7 @@ def test_ranks_interleaved_newest_step_blank_rows_and_logits(dataset, tmp_path, 
     assert [os.path.basename(f) for f in preds.files] == ["step_20_all_preds.0", "step_20_all_preds.1"]
     assert len(preds.puzzle_identifiers) == 3
     output = tmp_path / "results.json"
-    arc_score.main([str(ckpt), "--dataset", root, "--output", str(output)])
+    arc.main([str(ckpt), "--dataset", root, "--output", str(output)])
     assert "pass@1: 1.0000 (2/2)" in capsys.readouterr().out
     saved = json.loads(output.read_text())
     assert saved["pass_at"]["1"] == 1.0 and saved["num_predictions"] == 3
@@ -276,9 +278,19 @@ def test_files_of_two_evaluations_in_one_folder_are_refused(dataset, tmp_path):
     assert len(load_predictions([str(tmp_path)]).puzzle_identifiers) == 3
 
 
-def test_command_line_error_is_one_line(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "utils.arc_score", str(tmp_path), "--dataset", str(tmp_path)],
-                          capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("module", ["evaluators.arc", "utils.arc_score"])
+def test_command_line_scores_and_its_errors_are_one_line(tmp_path, module):
+    # utils.arc_score is the command's former name, kept as an alias.
+    example = os.path.relpath(DEFAULT_OUTPUT, REPO)
+    done = subprocess.run([sys.executable, "-m", module, example, "--dataset", os.path.join(example, "data")],
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert "pass@2: 0.5000 (2/4)" in done.stdout
+    done = subprocess.run([sys.executable, "-m", module, str(tmp_path), "--dataset", str(tmp_path)],
+                          capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 1
     assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
 
@@ -316,7 +328,7 @@ def test_scores_what_evaluate_py_writes(tmp_path):
     evaluate.run_evaluation(evaluate.EvalConfig(checkpoint=os.path.join(run, "step_4.pt"), output_dir=preds), cpu)
 
     out = tmp_path / "submission.json"
-    results = arc_score.main([preds, "--dataset", example, "--submission", str(out)])
+    results = arc.main([preds, "--dataset", example, "--submission", str(out)])
     assert results.num_predictions == 20 and len(results.tasks) == 4
     # Each test input got one prediction per copy (the task and its 3 augmented copies).
     for task in results.tasks.values():
@@ -326,3 +338,95 @@ def test_scores_what_evaluate_py_writes(tmp_path):
     assert {name: len(tests) for name, tests in entries.items()} == {
         "00576224": 1, "0c786b71": 1, "66e6c45b": 1, "da2b0fe3": 2}
     assert all(set(e) == {"attempt_1", "attempt_2"} for tests in entries.values() for e in tests)
+
+
+# ----------------------------------------------------------------------------------------------
+# The ARC evaluator (batch by batch, as during training) against score() of the same rows
+
+EXAMPLE_DATASET = os.path.join(DEFAULT_OUTPUT, "data")
+RANK_FILES = [os.path.join(DEFAULT_OUTPUT, f"step_2000_all_preds.{rank}") for rank in (0, 1)]
+
+
+def example_metadata() -> PuzzleDatasetMetadata:
+    with open(os.path.join(EXAMPLE_DATASET, "test", "dataset.json")) as f:
+        return PuzzleDatasetMetadata(**json.load(f))
+
+
+def feed(evaluator: ARC, rank_file: str, batch_rows: int = 4) -> None:
+    """A rank's rows as evaluation batches (inputs and identifiers in the batch, the rest as outputs),
+    then a batch of padding rows, which carry the blank identifier."""
+    rows = torch.load(rank_file)
+    for start in range(0, len(rows["inputs"]), batch_rows):
+        part = {key: value[start:start + batch_rows] for key, value in rows.items()}
+        batch = {"inputs": part["inputs"], "labels": torch.full_like(part["inputs"], -100), "puzzle_identifiers": part["puzzle_identifiers"]}
+        evaluator.update_batch(batch, {"preds": part["preds"], "q_halt_logits": part["q_halt_logits"]})
+    padding = {"inputs": torch.zeros(2, 900, dtype=torch.int32), "puzzle_identifiers": torch.zeros(2, dtype=torch.int32)}
+    evaluator.update_batch(padding, {"preds": torch.zeros(2, 900, dtype=torch.int32), "q_halt_logits": torch.zeros(2)})
+
+
+def as_metrics(pass_at: dict) -> dict:
+    return {f"ARC/pass@{k}": value for k, value in pass_at.items()}
+
+
+def test_evaluator_matches_score_and_writes_the_same_submission(tmp_path):
+    evaluator = ARC(EXAMPLE_DATASET, example_metadata())
+    evaluator.begin_eval()
+    for rank_file in RANK_FILES:
+        feed(evaluator, rank_file)
+    metrics = evaluator.result(str(tmp_path / "eval"), rank=0, world_size=1)
+
+    expected = score(load_predictions([DEFAULT_OUTPUT]), EXAMPLE_DATASET)
+    assert metrics == as_metrics(expected.pass_at) == as_metrics({1: 0.25, 2: 0.5, 5: 0.75, 10: 0.75, 100: 0.75, 1000: 0.75})
+    write_submission(expected, str(tmp_path / "expected.json"))
+    assert (tmp_path / "eval" / "submission.json").read_text() == (tmp_path / "expected.json").read_text()
+
+
+def test_evaluator_votes_across_evaluations_only_when_aggregating():
+    # Two evaluations, one rank file each: aggregated voting scores both files together; without it,
+    # only the second evaluation's rows count.
+    for aggregated, expected_files in ((True, RANK_FILES), (False, RANK_FILES[1:])):
+        evaluator = ARC(EXAMPLE_DATASET, example_metadata(), aggregated_voting=aggregated, pass_Ks=(1, 2, 5))
+        for rank_file in RANK_FILES:
+            evaluator.begin_eval()
+            feed(evaluator, rank_file)
+            metrics = evaluator.result(None, rank=0, world_size=1)
+        assert metrics == as_metrics(score(load_predictions(expected_files), EXAMPLE_DATASET, ks=(1, 2, 5)).pass_at)
+    assert metrics == {"ARC/pass@1": 0.0, "ARC/pass@2": 0.0, "ARC/pass@5": 0.25}
+
+
+def test_evaluator_submission_attempts_and_missing_outputs(tmp_path):
+    evaluator = ARC(EXAMPLE_DATASET, example_metadata(), submission_K=3)
+    feed(evaluator, RANK_FILES[0])
+    evaluator.result(str(tmp_path), rank=0, world_size=1)
+    entries = json.loads((tmp_path / "submission.json").read_text())
+    assert all(list(entry) == ["attempt_1", "attempt_2", "attempt_3"] for tests in entries.values() for entry in tests)
+
+    rows = torch.load(RANK_FILES[0])
+    with pytest.raises(ValueError, match="the ARC evaluator needs q_halt_logits from each evaluation batch"):
+        evaluator.update_batch({"inputs": rows["inputs"], "puzzle_identifiers": rows["puzzle_identifiers"]}, {"preds": rows["preds"]})
+
+
+def _evaluate_one_rank(rank: int, world_size: int, init_file: str, save_path: str, results: dict) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        evaluator = ARC(EXAMPLE_DATASET, example_metadata())
+        evaluator.begin_eval()
+        feed(evaluator, RANK_FILES[rank])
+        results[rank] = evaluator.result(save_path, rank=rank, world_size=world_size)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_evaluator_gathers_the_votes_of_two_processes(tmp_path):
+    # Each process votes on the rows its rank file holds; rank 0 scores all of them, as score() does
+    # with both files.
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_evaluate_one_rank, args=(2, str(tmp_path / "init"), str(tmp_path / "eval"), results), nprocs=2)
+        results = dict(results)
+    expected = score(load_predictions(RANK_FILES), EXAMPLE_DATASET)
+    assert results == {0: as_metrics(expected.pass_at), 1: None}
+    write_submission(expected, str(tmp_path / "expected.json"))
+    assert (tmp_path / "eval" / "submission.json").read_text() == (tmp_path / "expected.json").read_text()

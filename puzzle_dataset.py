@@ -13,9 +13,7 @@ import pydantic
 import torch
 
 from dataset.common import SET_ARRAY_FIELDS, DatasetError, PuzzleDatasetMetadata
-
-# Label value the losses ignore; the loader turns the dataset's `ignore_label_id` into it.
-IGNORE_LABEL_ID = -100
+from models.losses import IGNORE_LABEL_ID  # the loader turns the dataset's `ignore_label_id` into it
 
 
 class PuzzleDatasetConfig(pydantic.BaseModel):

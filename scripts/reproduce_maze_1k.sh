@@ -2,7 +2,8 @@
 # Maze-30x30-Hard-1k with the paper's recipe on one GPU (or NPROC): build the dataset (the 1000 real training mazes
 # and 1000 test mazes), train (global batch 768: the same recipe as the original's 8-GPU command), evaluate at
 # every eval_interval, plot the curves. Extra arguments go to pretrain.py (e.g. eval_interval=200 for more
-# frequent evaluations). Global batch 768 of 900-cell mazes needs about 110 GiB of GPU memory (an H200).
+# frequent evaluations). Global batch 768 of 900-cell mazes needs more memory than an 80 GB GPU has:
+# there, add gradient_accumulation_steps=2.
 #
 #   bash scripts/reproduce_maze_1k.sh [key=value ...]
 #   SOURCE=path/to/folder/with/train.csv/and/test.csv bash scripts/reproduce_maze_1k.sh   # no network

@@ -4,7 +4,7 @@
 # eval_interval, plot the curves. Extra arguments go to pretrain.py (e.g. epochs=4000 for a shorter run).
 #
 #   bash scripts/reproduce_sudoku_1k.sh [key=value ...]
-#   NPROC=2 bash scripts/reproduce_sudoku_1k.sh     # the same recipe over 2 GPUs (torchrun), about twice as fast
+#   NPROC=2 bash scripts/reproduce_sudoku_1k.sh     # the same recipe over 2 GPUs (torchrun)
 #
 # Outputs: data/sudoku-extreme-1k-aug-1000, checkpoints/reproduce/sudoku-1k/{metrics.jsonl, step_N.pt,
 # all_config.yaml}, and checkpoints/reproduce/sudoku-1k/curves.png.

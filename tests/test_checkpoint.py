@@ -82,6 +82,13 @@ def test_an_original_weights_only_file_loads(tmp_path):
     assert step == 1
 
 
+def test_a_file_holding_no_dict_is_refused_clearly(tmp_path):
+    path = str(tmp_path / "step_3")
+    torch.save(torch.zeros(3), path)
+    with pytest.raises(CheckpointError, match=f"{path} holds a Tensor, not model weights: pass a step_N.pt"):
+        load_weights(path)
+
+
 def assert_unreadable(path: str):
     with pytest.raises(CheckpointError) as raised:
         load_checkpoint(path)

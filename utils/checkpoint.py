@@ -178,6 +178,9 @@ def load_weights(path: str) -> Tuple[Dict[str, torch.Tensor], int]:
 
     Our checkpoints hold their step; an original weights-only file has it in its name, if anywhere (else 0)."""
     checkpoint = load_checkpoint(path)
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path} holds a {type(checkpoint).__name__}, not model weights: pass a step_N.pt written by "
+                              "pretrain.py or an original step_N weights file")
     step = checkpoint["step"] if isinstance(checkpoint.get("step"), int) else step_from_filename(path) or 0
     return weights_from_checkpoint(checkpoint), step
 

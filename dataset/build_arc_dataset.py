@@ -64,7 +64,7 @@ class ArcBuildConfig(BaseModel):
         "(--dataset-dirs A B, or --dataset-dirs A --dataset-dirs B)",
     )
     output_dir: str = Field("data/arc-aug-1000", description="dataset folder to create (an earlier build there is replaced)")
-    seed: int = Field(42, description="random seed: the same command and seed give byte-identical output")
+    seed: int = Field(42, ge=0, description="random seed: the same command and seed give byte-identical output")
     num_aug: int = Field(1000, ge=0, description="augmented copies per task (fewer when a task has fewer distinct ones)")
 
 
@@ -338,20 +338,17 @@ def write_arc_split(dataset_dir, split, tasks, plans, puzzle_identifiers, num_id
     puzzle_sizes = np.repeat(pairs_per_puzzle, puzzles_per_group).astype(np.int64)
     num_examples = int(puzzle_sizes.sum())
 
-    arrays = {field: open_set_array(dataset_dir, split, "all", field, (num_examples, SEQ_LEN), np.uint8) for field in ("inputs", "labels")}
-    start = 0
-    for index in tqdm(members, desc=f"arc {split}", unit="task"):
-        pairs, plan = tasks[index].examples[split], plans[index]
-        if split == "train":
-            top, left = translation_offsets(rng, pairs, plan.transform_ids)
-        else:  # test examples stay at the origin
-            top = left = np.zeros((len(plan.transform_ids), len(pairs)), dtype=np.int64)
-        inputs, labels = encode_puzzles(pairs, plan, top, left)
-        arrays["inputs"][start : start + len(inputs)] = inputs
-        arrays["labels"][start : start + len(labels)] = labels
-        start += len(inputs)
-    for array in arrays.values():
-        array.flush()
+    with open_set_array(dataset_dir, split, "all", "inputs", (num_examples, SEQ_LEN), np.uint8) as inputs_file, \
+            open_set_array(dataset_dir, split, "all", "labels", (num_examples, SEQ_LEN), np.uint8) as labels_file:
+        for index in tqdm(members, desc=f"arc {split}", unit="task"):
+            pairs, plan = tasks[index].examples[split], plans[index]
+            if split == "train":
+                top, left = translation_offsets(rng, pairs, plan.transform_ids)
+            else:  # test examples stay at the origin
+                top = left = np.zeros((len(plan.transform_ids), len(pairs)), dtype=np.int64)
+            inputs, labels = encode_puzzles(pairs, plan, top, left)
+            inputs_file.append(inputs)
+            labels_file.append(labels)
 
     save_set_arrays(
         dataset_dir,

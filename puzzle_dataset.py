@@ -70,11 +70,12 @@ def _open_array(path: str) -> np.memmap:
 
 def _check_values(path: str, array: np.ndarray, high: int, exception: Optional[int], what: str) -> None:
     """Every value of a memory-mapped [rows, columns] array in 0..high (or equal to `exception`).
-    One pass: each block is read once and its min and max taken while it is in cache."""
+    One pass: each block is read once and its max (and, if signed, min) taken while it is in cache."""
     block_rows = max(1, RANGE_CHECK_BLOCK_BYTES // max(1, array.shape[1] * array.itemsize))
+    unsigned = array.dtype.kind == "u"
     for start in range(0, len(array), block_rows):
         block = np.asarray(array[start : start + block_rows])
-        if block.min() >= 0 and block.max() <= high:
+        if block.max() <= high and (unsigned or block.min() >= 0):
             continue
         outside = (block < 0) | (block > high)
         if exception is not None:

@@ -10,6 +10,7 @@ named `<task>_t<transform id>_<colour map digits>`, e.g. `007bbfb7_t3_0513249786
 became digit c of the map, then dihedral transform 3 was applied.
 """
 
+import contextlib
 import glob
 import json
 import os
@@ -138,9 +139,11 @@ def grid_from_json(value, where: str) -> np.ndarray:
 
 def load_task(path: str, dataset_dir: str) -> ArcTask:
     try:
-        with open(path) as task_file:
-            content = json.load(task_file)
-    except json.JSONDecodeError as error:
+        with open(path, "rb") as task_file:
+            content = json.loads(task_file.read())  # bytes: UTF-8 with or without a byte-order mark, or UTF-16/32
+    except OSError as error:
+        raise DatasetError(f"cannot read {path} ({error.strerror}): pass readable task files") from None
+    except ValueError as error:  # not JSON, or not text in a Unicode encoding
         raise DatasetError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(content, dict) or not set(content) <= {"train", "test", "name"}:
         raise DatasetError(f"{path}: an ARC task is an object with keys 'train' and 'test' (and optionally 'name')")
@@ -338,8 +341,11 @@ def write_arc_split(dataset_dir, split, tasks, plans, puzzle_identifiers, num_id
     puzzle_sizes = np.repeat(pairs_per_puzzle, puzzles_per_group).astype(np.int64)
     num_examples = int(puzzle_sizes.sum())
 
-    with open_set_array(dataset_dir, split, "all", "inputs", (num_examples, SEQ_LEN), np.uint8) as inputs_file, \
-            open_set_array(dataset_dir, split, "all", "labels", (num_examples, SEQ_LEN), np.uint8) as labels_file:
+    with contextlib.ExitStack() as files:
+        arrays = {
+            field: files.enter_context(open_set_array(dataset_dir, split, "all", field, (num_examples, SEQ_LEN), np.uint8))
+            for field in ("inputs", "labels")
+        }
         for index in tqdm(members, desc=f"arc {split}", unit="task"):
             pairs, plan = tasks[index].examples[split], plans[index]
             if split == "train":
@@ -347,8 +353,8 @@ def write_arc_split(dataset_dir, split, tasks, plans, puzzle_identifiers, num_id
             else:  # test examples stay at the origin
                 top = left = np.zeros((len(plan.transform_ids), len(pairs)), dtype=np.int64)
             inputs, labels = encode_puzzles(pairs, plan, top, left)
-            inputs_file.append(inputs)
-            labels_file.append(labels)
+            arrays["inputs"].append(inputs)
+            arrays["labels"].append(labels)
 
     save_set_arrays(
         dataset_dir,

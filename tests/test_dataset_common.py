@@ -20,6 +20,7 @@ from dataset.common import (
     parse_cli,
     read_puzzle_csv,
     resolve_source_csv,
+    save_set_arrays,
     source_is_local,
     staged_output_dir,
 )
@@ -332,6 +333,12 @@ def test_array_file_writer_refuses_a_wrong_number_of_rows(tmp_path):
         writer.append(np.zeros((2, 2)))
     with pytest.raises(ValueError, match=r"a.npy: 2 of 3 rows written"):
         writer.close()
+
+
+def test_index_arrays_beyond_int32_are_refused(tmp_path):
+    with pytest.raises(DatasetError, match=r"^train/all__puzzle_indices.npy would hold 2147483648, beyond the int32 of the dataset format: "
+                                           r"build fewer examples \(lower --num-aug or --subsample-size\)$"):
+        save_set_arrays(str(tmp_path), "train", "all", {"puzzle_indices": np.array([0, 2**31])})
 
 
 # -- fingerprint --------------------------------------------------------------------------------

@@ -3,12 +3,12 @@ killed builds, the replace of an earlier build, unusual output paths and out-of-
 
 import errno
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 import dataset.common as common
@@ -46,6 +46,10 @@ def build_sudoku(output, subsample_size=20, **flags):
 def open_dataset(path):
     config = PuzzleDatasetConfig(seed=0, dataset_path=str(path), global_batch_size=4, test_set_mode=True, epochs_per_iter=1, rank=0, num_replicas=1)
     return PuzzleDataset(config, split="test")
+
+
+def assert_matches(text, pattern):
+    assert re.fullmatch(pattern, text), f"{text!r}\ndoes not match\n{pattern!r}"
 
 
 def dead_pid() -> int:
@@ -100,12 +104,6 @@ def test_full_disk_stops_the_build_with_one_message_and_keeps_the_previous_datas
     )
     assert os.listdir(small_filesystem) == ["out"]
     assert snapshot(output) == before
-
-
-def assert_matches(text, pattern):
-    import re
-
-    assert re.fullmatch(pattern, text), f"{text!r}\ndoes not match\n{pattern!r}"
 
 
 def test_a_rebuild_after_freeing_space_works(small_filesystem):

@@ -5,15 +5,20 @@ Every rank builds the same global batch from the same seeded RNG and keeps its o
 """
 
 import json
+import math
 import os
-from typing import Dict, Iterator, Tuple
+import shlex
+from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import pydantic
 import torch
 
-from dataset.common import SET_ARRAY_FIELDS, DatasetError, PuzzleDatasetMetadata
+from dataset.common import SET_ARRAY_FIELDS, SET_ASIDE, DatasetError, PuzzleDatasetMetadata, find_build_leftovers
 from models.losses import IGNORE_LABEL_ID  # the loader turns the dataset's `ignore_label_id` into it
+
+# The token range check reads inputs and labels in blocks of about this many bytes.
+RANGE_CHECK_BLOCK_BYTES = 16 << 20
 
 
 class PuzzleDatasetConfig(pydantic.BaseModel):
@@ -30,20 +35,65 @@ def _inconsistent(path: str, problem: str) -> DatasetError:
     return DatasetError(f"{path}: {problem}; the dataset is inconsistent, rebuild it with dataset/build_*_dataset.py")
 
 
+def _damaged(path: str, problem: str) -> DatasetError:
+    return DatasetError(f"{path}: {problem}; the file is damaged, rebuild the dataset with dataset/build_*_dataset.py")
+
+
+def _open_array(path: str) -> np.memmap:
+    """Memory-map one `.npy` after checking its header, its size against the header, and its dtype
+    (integers), so a damaged file is named instead of failing inside numpy or mid-run."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: the dataset is incomplete; rebuild it with dataset/build_*_dataset.py")
+    try:
+        with open(path, "rb") as file:
+            version = np.lib.format.read_magic(file)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f".npy format version {version[0]}.{version[1]}, expected 1.0 or 2.0")
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran_order, dtype = read_header(file)
+            data_offset = file.tell()
+            file_size = os.fstat(file.fileno()).st_size
+    except OSError as error:
+        raise DatasetError(f"cannot read {path} ({error.strerror})") from None
+    except (ValueError, TypeError, SyntaxError) as error:  # empty, cut inside the header, or not a .npy file
+        raise _damaged(path, f"not a readable .npy array ({error})") from None
+    if dtype.kind not in "iu":
+        raise _damaged(path, f"holds {dtype} values, expected integers")
+    expected_size = data_offset + math.prod(shape) * dtype.itemsize
+    if file_size != expected_size:
+        cut = "truncated: " if file_size < expected_size else ""
+        raise _damaged(path, f"{cut}{file_size:,} bytes, but its header describes {expected_size:,} (a {dtype} array of shape {shape})")
+    return np.memmap(path, dtype=dtype, mode="r", offset=data_offset, shape=shape, order="F" if fortran_order else "C")
+
+
+def _check_values(path: str, array: np.ndarray, high: int, exception: Optional[int], what: str) -> None:
+    """Every value of a memory-mapped [rows, columns] array in 0..high (or equal to `exception`).
+    One pass: each block is read once and its max (and, if signed, min) taken while it is in cache."""
+    block_rows = max(1, RANGE_CHECK_BLOCK_BYTES // max(1, array.shape[1] * array.itemsize))
+    unsigned = array.dtype.kind == "u"
+    for start in range(0, len(array), block_rows):
+        block = np.asarray(array[start : start + block_rows])
+        if block.max() <= high and (unsigned or block.min() >= 0):
+            continue
+        outside = (block < 0) | (block > high)
+        if exception is not None:
+            outside &= block != exception
+        if outside.any():
+            row, column = np.argwhere(outside)[0]
+            raise _inconsistent(path, f"value {block[row, column]} at example {start + row}, position {column}, is outside 0..{high} ({what})")
+
+
 class _SetArrays:
     """The five arrays of one set; inputs/labels memory-mapped, the small index arrays in memory."""
 
     def __init__(self, split_dir: str, set_name: str):
-        paths = {field: os.path.join(split_dir, f"{set_name}__{field}.npy") for field in SET_ARRAY_FIELDS}
-        for path in paths.values():
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"{path} not found: the dataset is incomplete; rebuild it with dataset/build_*_dataset.py")
-        self.paths = paths
-        self.inputs = np.load(paths["inputs"], mmap_mode="r")
-        self.labels = np.load(paths["labels"], mmap_mode="r")
-        self.puzzle_identifiers = np.load(paths["puzzle_identifiers"])
-        self.puzzle_indices = np.load(paths["puzzle_indices"])
-        self.group_indices = np.load(paths["group_indices"])
+        self.paths = {field: os.path.join(split_dir, f"{set_name}__{field}.npy") for field in SET_ARRAY_FIELDS}
+        arrays = {field: _open_array(path) for field, path in self.paths.items()}
+        self.inputs = arrays["inputs"]
+        self.labels = arrays["labels"]
+        self.puzzle_identifiers = np.array(arrays["puzzle_identifiers"])
+        self.puzzle_indices = np.array(arrays["puzzle_indices"])
+        self.group_indices = np.array(arrays["group_indices"])
 
     @property
     def num_examples(self) -> int:
@@ -95,18 +145,48 @@ class PuzzleDataset(torch.utils.data.IterableDataset):
         if not os.path.isfile(path):
             raise FileNotFoundError(
                 f"{path} not found: the dataset folder (data_path) must be one built by dataset/build_*_dataset.py "
-                f"(holding {self.split}/dataset.json)"
+                f"(holding {self.split}/dataset.json)" + self._set_aside_hint()
             )
         try:
-            with open(path) as metadata_file:
-                return PuzzleDatasetMetadata.model_validate(json.load(metadata_file))
-        except (json.JSONDecodeError, pydantic.ValidationError) as error:
-            raise DatasetError(f"{path} is not a valid dataset.json ({error}); rebuild the dataset") from None
+            with open(path, "rb") as metadata_file:
+                content = json.loads(metadata_file.read())
+        except OSError as error:
+            raise DatasetError(f"cannot read {path} ({error.strerror})") from None
+        except ValueError as error:  # not UTF-8 text, or not JSON
+            raise _damaged(path, f"not a JSON file ({error})") from None
+        try:
+            return PuzzleDatasetMetadata.model_validate(content)
+        except pydantic.ValidationError as error:
+            problems = "; ".join(
+                (f"field {'.'.join(str(part) for part in issue['loc'])}: " if issue["loc"] else "") + issue["msg"]
+                for issue in error.errors()
+            )
+            raise _damaged(path, f"not a valid dataset.json ({problems})") from None
+
+    def _set_aside_hint(self) -> str:
+        """Where a killed replace (without an atomic swap) left the dataset that was under this name."""
+        dataset_path = os.path.normpath(self.config.dataset_path)
+        if os.path.lexists(dataset_path):
+            return ""
+        set_aside = [leftover.path for leftover in find_build_leftovers(dataset_path) if leftover.kind == SET_ASIDE]
+        if not set_aside:
+            return ""
+        return (
+            f". {set_aside[-1]} holds the dataset that a build killed while replacing it set aside: rerun that build "
+            f"(it puts it back first), or: mv {shlex.quote(set_aside[-1])} {shlex.quote(dataset_path)}"
+        )
 
     def _check_arrays(self) -> None:
-        """Check dataset.json against the arrays (header-only for the large memory-mapped ones)."""
+        """Check dataset.json against the arrays: shapes and counts, offsets, identifier and token
+        ranges (the only pass over the large memory-mapped arrays, reading each once)."""
         metadata = self.metadata
         metadata_path = os.path.join(self._split_dir, "dataset.json")
+        if metadata.pad_id >= metadata.vocab_size:
+            raise _inconsistent(metadata_path, f"pad_id={metadata.pad_id} is not below vocab_size={metadata.vocab_size}")
+        if metadata.blank_identifier_id >= metadata.num_puzzle_identifiers:
+            raise _inconsistent(
+                metadata_path, f"blank_identifier_id={metadata.blank_identifier_id} is not below num_puzzle_identifiers={metadata.num_puzzle_identifiers}"
+            )
 
         total_groups = total_puzzles = total_examples = 0
         for arrays in self._sets.values():
@@ -139,6 +219,11 @@ class PuzzleDataset(torch.utils.data.IterableDataset):
             raise _inconsistent(metadata_path, f"mean_puzzle_examples={metadata.mean_puzzle_examples} but the arrays hold {mean_examples}")
         if not self.config.test_set_mode:
             self._check_a_batch_fits()
+        vocabulary = f"vocab_size={metadata.vocab_size} in {metadata_path}"
+        for arrays in self._sets.values():
+            _check_values(arrays.paths["inputs"], arrays.inputs, metadata.vocab_size - 1, None, vocabulary)
+            _check_values(arrays.paths["labels"], arrays.labels, metadata.vocab_size - 1, metadata.ignore_label_id,
+                          f"{vocabulary}, and not ignore_label_id={metadata.ignore_label_id}")
 
     def _check_a_batch_fits(self) -> None:
         """Training drops incomplete batches: refuse a batch size no iteration can ever fill."""

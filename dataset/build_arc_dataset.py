@@ -10,6 +10,7 @@ named `<task>_t<transform id>_<colour map digits>`, e.g. `007bbfb7_t3_0513249786
 became digit c of the map, then dihedral transform 3 was applied.
 """
 
+import contextlib
 import glob
 import json
 import os
@@ -64,7 +65,7 @@ class ArcBuildConfig(BaseModel):
         "(--dataset-dirs A B, or --dataset-dirs A --dataset-dirs B)",
     )
     output_dir: str = Field("data/arc-aug-1000", description="dataset folder to create (an earlier build there is replaced)")
-    seed: int = Field(42, description="random seed: the same command and seed give byte-identical output")
+    seed: int = Field(42, ge=0, description="random seed: the same command and seed give byte-identical output")
     num_aug: int = Field(1000, ge=0, description="augmented copies per task (fewer when a task has fewer distinct ones)")
 
 
@@ -138,9 +139,11 @@ def grid_from_json(value, where: str) -> np.ndarray:
 
 def load_task(path: str, dataset_dir: str) -> ArcTask:
     try:
-        with open(path) as task_file:
-            content = json.load(task_file)
-    except json.JSONDecodeError as error:
+        with open(path, "rb") as task_file:
+            content = json.loads(task_file.read())  # bytes: UTF-8 with or without a byte-order mark, or UTF-16/32
+    except OSError as error:
+        raise DatasetError(f"cannot read {path} ({error.strerror}): pass readable task files") from None
+    except ValueError as error:  # not JSON, or not text in a Unicode encoding
         raise DatasetError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(content, dict) or not set(content) <= {"train", "test", "name"}:
         raise DatasetError(f"{path}: an ARC task is an object with keys 'train' and 'test' (and optionally 'name')")
@@ -338,20 +341,20 @@ def write_arc_split(dataset_dir, split, tasks, plans, puzzle_identifiers, num_id
     puzzle_sizes = np.repeat(pairs_per_puzzle, puzzles_per_group).astype(np.int64)
     num_examples = int(puzzle_sizes.sum())
 
-    arrays = {field: open_set_array(dataset_dir, split, "all", field, (num_examples, SEQ_LEN), np.uint8) for field in ("inputs", "labels")}
-    start = 0
-    for index in tqdm(members, desc=f"arc {split}", unit="task"):
-        pairs, plan = tasks[index].examples[split], plans[index]
-        if split == "train":
-            top, left = translation_offsets(rng, pairs, plan.transform_ids)
-        else:  # test examples stay at the origin
-            top = left = np.zeros((len(plan.transform_ids), len(pairs)), dtype=np.int64)
-        inputs, labels = encode_puzzles(pairs, plan, top, left)
-        arrays["inputs"][start : start + len(inputs)] = inputs
-        arrays["labels"][start : start + len(labels)] = labels
-        start += len(inputs)
-    for array in arrays.values():
-        array.flush()
+    with contextlib.ExitStack() as files:
+        arrays = {
+            field: files.enter_context(open_set_array(dataset_dir, split, "all", field, (num_examples, SEQ_LEN), np.uint8))
+            for field in ("inputs", "labels")
+        }
+        for index in tqdm(members, desc=f"arc {split}", unit="task"):
+            pairs, plan = tasks[index].examples[split], plans[index]
+            if split == "train":
+                top, left = translation_offsets(rng, pairs, plan.transform_ids)
+            else:  # test examples stay at the origin
+                top = left = np.zeros((len(plan.transform_ids), len(pairs)), dtype=np.int64)
+            inputs, labels = encode_puzzles(pairs, plan, top, left)
+            arrays["inputs"].append(inputs)
+            arrays["labels"].append(labels)
 
     save_set_arrays(
         dataset_dir,

@@ -18,6 +18,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataset.common import (  # noqa: E402
+    SOURCE_REPO_RULE,
     DatasetError,
     check_output_dir,
     PuzzleCSV,
@@ -45,12 +46,12 @@ class MazeBuildConfig(BaseModel):
     source_repo: str = Field(
         "sapientinc/maze-30x30-hard-1k",
         description="Hugging Face dataset id, or a local folder holding train.csv and test.csv "
-        "(header source,question,answer,rating; grids of '# SGo'); a local folder needs no network",
+        f"(header source,question,answer,rating; grids of '# SGo'); a local folder needs no network. Rule: {SOURCE_REPO_RULE}",
     )
     output_dir: str = Field("data/maze-30x30-hard-1k", description="dataset folder to create (an earlier build there is replaced)")
     subsample_size: Optional[int] = Field(None, ge=1, description="keep this many training mazes, drawn at random")
     aug: bool = Field(False, description="add the 8 dihedral transforms (rotations, reflections) of each training maze to its group")
-    seed: int = Field(0, description="random seed (used by --subsample-size): the same command and seed give byte-identical output")
+    seed: int = Field(0, ge=0, description="random seed (used by --subsample-size): the same command and seed give byte-identical output")
 
 
 def load_maze_csv(path: str) -> PuzzleCSV:
@@ -109,7 +110,7 @@ def build_maze_dataset(config: MazeBuildConfig) -> None:
             f"{test_path} holds grids of {test.questions.shape[1]} cells but {train_path} of "
             f"{train.questions.shape[1]}; both splits must use one maze size"
         )
-    keep = subsample_indices(seeded_rng(config.seed, 0), len(train.questions), config.subsample_size)
+    keep = subsample_indices(seeded_rng(config.seed, 0), len(train.questions), config.subsample_size, source=train_path)
 
     with staged_output_dir(config.output_dir) as dataset_dir:
         write_maze_split(dataset_dir, "train", train.questions[keep], train.answers[keep], config.aug)

@@ -4,6 +4,7 @@ Example (the 1k-puzzle training set of the paper):
     python dataset/build_sudoku_dataset.py --output-dir data/sudoku-extreme-1k-aug-1000 --subsample-size 1000 --num-aug 1000
 """
 
+import contextlib
 import os
 import sys
 from typing import NamedTuple, Optional
@@ -17,6 +18,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataset.common import (  # noqa: E402
+    SOURCE_REPO_RULE,
     SPLITS,
     DatasetError,
     check_output_dir,
@@ -48,13 +50,13 @@ class SudokuBuildConfig(BaseModel):
     source_repo: str = Field(
         "sapientinc/sudoku-extreme",
         description="Hugging Face dataset id, or a local folder holding train.csv and test.csv "
-        "(header source,question,answer,rating); a local folder needs no network",
+        f"(header source,question,answer,rating); a local folder needs no network. Rule: {SOURCE_REPO_RULE}",
     )
     output_dir: str = Field("data/sudoku-extreme-full", description="dataset folder to create (an earlier build there is replaced)")
     subsample_size: Optional[int] = Field(None, ge=1, description="keep this many training puzzles, drawn at random")
     min_difficulty: Optional[int] = Field(None, description="keep only puzzles with rating >= this value (train and test)")
     num_aug: int = Field(0, ge=0, description="augmented copies per training puzzle (digit, band/row, stack/column permutations, transpose)")
-    seed: int = Field(0, description="random seed: the same command and seed give byte-identical output")
+    seed: int = Field(0, ge=0, description="random seed: the same command and seed give byte-identical output")
     max_blanks: Optional[int] = Field(
         None,
         ge=0,
@@ -187,12 +189,12 @@ def write_sudoku_split(dataset_dir: str, split: str, puzzles: SudokuPuzzles, num
     num_puzzles = len(puzzles.questions)
     copies = 1 + num_aug
     num_examples = num_puzzles * copies
-    arrays = {
-        field: open_set_array(dataset_dir, split, "all", field, (num_examples, NUM_CELLS), np.uint8)
-        for field in ("inputs", "labels")
-    }
     puzzles_per_chunk = max(1, ROWS_PER_CHUNK // copies)
-    with tqdm(total=num_puzzles, desc=f"sudoku {split}", unit="puzzle") as progress:
+    with contextlib.ExitStack() as files, tqdm(total=num_puzzles, desc=f"sudoku {split}", unit="puzzle") as progress:
+        arrays = {
+            field: files.enter_context(open_set_array(dataset_dir, split, "all", field, (num_examples, NUM_CELLS), np.uint8))
+            for field in ("inputs", "labels")
+        }
         for start in range(0, num_puzzles, puzzles_per_chunk):
             stop = min(start + puzzles_per_chunk, num_puzzles)
             if num_aug:
@@ -204,10 +206,8 @@ def write_sudoku_split(dataset_dir: str, split: str, puzzles: SudokuPuzzles, num
                 if num_aug:
                     augmented = apply_sudoku_transforms(np.repeat(grids, num_aug, axis=0), source_cells, digit_tokens)
                     block[:, 1:] = augmented.reshape(stop - start, num_aug, NUM_CELLS)
-                arrays[field][start * copies : stop * copies] = block.reshape(-1, NUM_CELLS)
+                arrays[field].append(block.reshape(-1, NUM_CELLS))
             progress.update(stop - start)
-    for array in arrays.values():
-        array.flush()
 
     save_set_arrays(
         dataset_dir,
@@ -228,9 +228,11 @@ def build_sudoku_dataset(config: SudokuBuildConfig) -> None:
     splits = {}
     for stream, split in enumerate(SPLITS):
         rng = seeded_rng(config.seed, stream)
-        puzzles = load_sudoku_csv(resolve_source_csv(config.source_repo, split), config.min_difficulty)
+        path = resolve_source_csv(config.source_repo, split)
+        puzzles = load_sudoku_csv(path, config.min_difficulty)
         if split == "train":
-            keep = subsample_indices(rng, len(puzzles.questions), config.subsample_size)
+            kept = f"{path} with rating >= {config.min_difficulty}" if config.min_difficulty is not None else path
+            keep = subsample_indices(rng, len(puzzles.questions), config.subsample_size, source=kept)
             puzzles = SudokuPuzzles(puzzles.questions[keep], puzzles.answers[keep])
         if config.max_blanks is not None:
             puzzles = reveal_cells(rng, puzzles, config.max_blanks)

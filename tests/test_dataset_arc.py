@@ -213,4 +213,18 @@ def test_bad_folders_and_tasks_fail(tmp_path):
     (first / "x.json").write_text("{not json")
     with pytest.raises(DatasetError, match=r"x.json: not valid JSON"):
         build([first], tmp_path / "out")
+    (first / "x.json").write_bytes(b'{"name": "caf\xe9", "train": [], "test": []}')
+    with pytest.raises(DatasetError, match=r"x.json: not valid JSON \('utf-8' codec can't decode byte 0xe9 in position 13: invalid continuation byte\)"):
+        build([first], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_task_files_with_a_byte_order_mark_are_read(tmp_path):
+    source = tmp_path / "arc"
+    write_task(source / "evaluation" / "t1.json", train=[(GRID_2X3, GRID_1X2)], test=[(GRID_1X2, GRID_2X3)])
+    plain = build([source], tmp_path / "plain", num_aug=0)
+    task_path = source / "evaluation" / "t1.json"
+    task_path.write_bytes(b"\xef\xbb\xbf" + task_path.read_bytes())
+    with_mark = build([source], tmp_path / "with_mark", num_aug=0)
+    for split in ("train", "test"):
+        np.testing.assert_array_equal(load_field(with_mark, split, "inputs"), load_field(plain, split, "inputs"))

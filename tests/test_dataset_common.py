@@ -12,12 +12,16 @@ from dataset.build_maze_dataset import MazeBuildConfig
 from dataset.build_sudoku_dataset import SudokuBuildConfig
 from dataset.common import (
     DIHEDRAL_INVERSE,
+    ArrayFileWriter,
     DatasetError,
+    dataset_fingerprint,
     dihedral_transform,
     inverse_dihedral_transform,
     parse_cli,
     read_puzzle_csv,
     resolve_source_csv,
+    save_set_arrays,
+    source_is_local,
     staged_output_dir,
 )
 
@@ -128,13 +132,79 @@ def test_read_puzzle_csv_errors_name_file_line_and_field(tmp_path, text, message
         read_puzzle_csv(path, ".ab", cells=None)
 
 
+def test_read_puzzle_csv_skips_a_byte_order_mark(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes("\ufeffsource,question,answer,rating\nx,ab.,bba,3\n".encode("utf-8"))
+    table = read_puzzle_csv(str(path), ".ab", cells=3)
+    np.testing.assert_array_equal(table.questions, [[2, 3, 1]])
+    assert table.line_numbers == [2]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("source,question,answer,rating\nx,ab,ab,1\nx,\xe9b,ab,1\n".encode("latin-1"),
+         r"t.csv line 3: not UTF-8 text \(invalid continuation byte\); save the file as UTF-8"),
+        ("source,question,answer,rating\nx,ab,ab,1\n".encode("utf-16"), r"t.csv line 1: not UTF-8 text"),
+        (b'source,question,answer,rating\nx,ab,ab,1\nx,"' + b"a" * 200_000 + b'",ab,1\n',
+         r"t.csv line 3: not a valid CSV row \(field larger than field limit \(131072\)\)"),
+        (b"", r"t.csv line 1: header is None, expected source,question,answer,rating"),
+    ],
+)
+def test_read_puzzle_csv_names_encoding_and_format_errors(tmp_path, content, message):
+    path = tmp_path / "t.csv"
+    path.write_bytes(content)
+    with pytest.raises(DatasetError, match=message):
+        read_puzzle_csv(str(path), ".ab", cells=None)
+
+
+def test_read_puzzle_csv_names_an_unreadable_file(tmp_path):
+    (tmp_path / "folder.csv").mkdir()
+    with pytest.raises(DatasetError, match=r"cannot read .*folder.csv \(Is a directory\): pass a readable CSV file"):
+        read_puzzle_csv(str(tmp_path / "folder.csv"), ".ab", cells=None)
+
+
+@pytest.mark.parametrize(
+    "value, local",
+    [
+        ("sapientinc/sudoku-extreme", True),  # its first part exists in the test's working folder
+        ("someone/some-data", False),
+        ("./someone/some-data", True),
+        ("/data/sudoku", True),
+        ("~/sudoku", True),
+        ("data/samples/sudoku", True),
+        ("sudoku", True),
+        ("someone\\data", True),
+    ],
+)
+def test_source_repo_rule(tmp_path, monkeypatch, value, local):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sapientinc").mkdir()
+    assert source_is_local(value) == local
+
+
+def test_a_missing_local_folder_is_not_downloaded(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    def no_download(*arguments, **keywords):
+        pytest.fail("a local path must not be downloaded")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_download)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"^--source-repo data/not-here: no such folder; pass a folder holding train.csv and test.csv"):
+        resolve_source_csv("data/not-here", "train")
+
+
 def test_resolve_source_csv_local_folder_and_errors(tmp_path):
     (tmp_path / "train.csv").write_text("")
     assert resolve_source_csv(str(tmp_path), "train") == str(tmp_path / "train.csv")
     with pytest.raises(FileNotFoundError, match=r"test.csv not found: a local --source-repo folder must hold train.csv and test.csv"):
         resolve_source_csv(str(tmp_path), "test")
-    with pytest.raises(FileNotFoundError, match="neither an existing folder nor a Hugging Face dataset id"):
+    with pytest.raises(FileNotFoundError, match=r"--source-repo .*/no/such/folder: no such folder; pass a folder holding train.csv and test.csv"):
         resolve_source_csv(str(tmp_path / "no" / "such" / "folder"), "train")
+    with pytest.raises(FileNotFoundError, match=r"--source-repo .*/train.csv: is not a folder"):
+        resolve_source_csv(str(tmp_path / "train.csv"), "train")
 
 
 def test_resolve_source_csv_downloads_hub_ids_and_explains_failures(monkeypatch):
@@ -150,7 +220,8 @@ def test_resolve_source_csv_downloads_hub_ids_and_explains_failures(monkeypatch)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
     assert resolve_source_csv("sapientinc/sudoku-extreme", "train") == "/cache/train.csv"
-    with pytest.raises(DatasetError, match=r"could not download test.csv of the Hugging Face dataset sapientinc/sudoku-extreme \(offline\)"):
+    with pytest.raises(DatasetError, match=r"could not download test.csv of the Hugging Face dataset sapientinc/sudoku-extreme \(offline\); "
+                                           r"no local folder sapientinc/sudoku-extreme exists either"):
         resolve_source_csv("sapientinc/sudoku-extreme", "test")
     assert calls == [("sapientinc/sudoku-extreme", "train.csv", "dataset"), ("sapientinc/sudoku-extreme", "test.csv", "dataset")]
 
@@ -221,6 +292,14 @@ def test_builders_run_from_repo_root_list_defaults_and_skip_torch(invocation):
     assert subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
+def test_help_states_the_source_repo_rule():
+    for builder in ("build_sudoku_dataset", "build_maze_dataset"):
+        result = subprocess.run([sys.executable, f"dataset/{builder}.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+        assert "a value that starts with '.', '/' or '~', is not of the form owner/name, or whose first part exists here " \
+               "(data/x when ./data exists) names a local folder; any other owner/name is a Hugging Face dataset id and is " \
+               "downloaded" in " ".join(result.stdout.split()), builder
+
+
 # -- dihedral transforms ------------------------------------------------------------------------
 
 
@@ -232,3 +311,94 @@ def test_dihedral_transforms_are_the_eight_symmetries_and_invert():
         np.testing.assert_array_equal(image, expected[transform_id])
         np.testing.assert_array_equal(inverse_dihedral_transform(image, transform_id), grid)
         np.testing.assert_array_equal(dihedral_transform(image, DIHEDRAL_INVERSE[transform_id]), grid)
+
+
+# -- writing arrays -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("array", [np.arange(12, dtype=np.uint8).reshape(3, 4), np.arange(7, dtype=np.int32), np.zeros((0, 900), dtype=np.uint8)],
+                         ids=["uint8 rows", "int32", "empty"])
+def test_array_file_writer_writes_what_np_save_writes(tmp_path, array):
+    with ArrayFileWriter(str(tmp_path / "written.npy"), array.shape, array.dtype) as writer:
+        for start in range(0, len(array), 2):
+            writer.append(array[start : start + 2])
+    np.save(tmp_path / "saved.npy", array)
+    assert (tmp_path / "written.npy").read_bytes() == (tmp_path / "saved.npy").read_bytes()
+
+
+def test_array_file_writer_refuses_a_wrong_number_of_rows(tmp_path):
+    writer = ArrayFileWriter(str(tmp_path / "a.npy"), (3, 2), np.uint8)
+    writer.append(np.zeros((2, 2)))
+    with pytest.raises(ValueError, match=r"a.npy: rows of shape \(2, 2\) do not fit \(3, 2\) after 2 rows"):
+        writer.append(np.zeros((2, 2)))
+    with pytest.raises(ValueError, match=r"a.npy: 2 of 3 rows written"):
+        writer.close()
+
+
+def test_index_arrays_beyond_int32_are_refused(tmp_path):
+    with pytest.raises(DatasetError, match=r"^train/all__puzzle_indices.npy would hold 2147483648, beyond the int32 of the dataset format: "
+                                           r"build fewer examples \(lower --num-aug or --subsample-size\)$"):
+        save_set_arrays(str(tmp_path), "train", "all", {"puzzle_indices": np.array([0, 2**31])})
+
+
+# -- fingerprint --------------------------------------------------------------------------------
+
+
+SUDOKU_SAMPLES = os.path.join(REPO_ROOT, "dataset", "samples", "sudoku-extreme")
+MAZE_SAMPLES = os.path.join(REPO_ROOT, "dataset", "samples", "maze-30x30-hard")
+
+
+def build_sudoku(output, **flags):
+    from dataset.build_sudoku_dataset import build_sudoku_dataset
+
+    build_sudoku_dataset(SudokuBuildConfig(source_repo=SUDOKU_SAMPLES, output_dir=str(output), **flags))
+    return str(output)
+
+
+def test_fingerprint_follows_the_content_not_the_build(tmp_path):
+    flags = dict(subsample_size=100, num_aug=2, seed=1)
+    first = dataset_fingerprint(build_sudoku(tmp_path / "out", **flags))
+    assert len(first) == 16 and int(first, 16) >= 0
+    assert dataset_fingerprint(str(tmp_path / "out")) == first
+    assert dataset_fingerprint(build_sudoku(tmp_path / "copy", **flags)) == first, "an identical build has the same fingerprint"
+    other_seed = dataset_fingerprint(build_sudoku(tmp_path / "out", **{**flags, "seed": 2}))
+    assert other_seed != first, "rebuilt in place with another seed"
+    assert dataset_fingerprint(build_sudoku(tmp_path / "out", **{**flags, "num_aug": 3})) not in (first, other_seed)
+    assert dataset_fingerprint(build_sudoku(tmp_path / "out", **flags)) == first
+
+
+@pytest.mark.parametrize("file_name", ["identifiers.json", "train/dataset.json", "test/all__labels.npy", "train/all__inputs.npy"])
+def test_fingerprint_changes_with_any_file_of_a_small_dataset(tmp_path, file_name):
+    output = build_sudoku(tmp_path / "out", subsample_size=100, num_aug=2)
+    before = dataset_fingerprint(output)
+    (tmp_path / "out" / "notes.txt").write_text("not part of the dataset")
+    assert dataset_fingerprint(output) == before
+    path = os.path.join(output, file_name)
+    with open(path, "rb") as file:
+        content = bytearray(file.read())
+    content[-2] ^= 1
+    with open(path, "wb") as file:
+        file.write(content)
+    assert dataset_fingerprint(output) != before
+
+
+def test_fingerprint_is_cheap_for_the_samples_and_for_multi_gigabyte_arrays(tmp_path):
+    import time
+
+    from dataset.build_maze_dataset import MazeBuildConfig, build_maze_dataset
+
+    sudoku = build_sudoku(tmp_path / "sudoku", num_aug=10)  # 11,000 train and 2,000 test puzzles
+    build_maze_dataset(MazeBuildConfig(source_repo=MAZE_SAMPLES, output_dir=str(tmp_path / "maze"), aug=True))
+    large = tmp_path / "large"
+    build_sudoku(large, subsample_size=10)
+    with open(large / "train" / "all__inputs.npy", "r+b") as inputs:  # 8 GiB, sparse: no disk used
+        inputs.truncate(8 << 30)
+    for folder in (sudoku, str(tmp_path / "maze"), str(large)):
+        start = time.perf_counter()
+        dataset_fingerprint(folder)
+        assert time.perf_counter() - start < 0.5, folder
+
+
+def test_fingerprint_of_a_folder_without_a_dataset_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"holds no dataset \(identifiers.json, train/, test/\)"):
+        dataset_fingerprint(str(tmp_path))

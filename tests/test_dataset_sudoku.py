@@ -165,7 +165,8 @@ def test_script_reports_user_errors_in_one_line(tmp_path):
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert "neither an existing folder nor a Hugging Face dataset id" in result.stderr
+    assert result.stderr == f"build_sudoku_dataset.py: error: --source-repo {tmp_path}/missing/x/y: no such folder; pass a folder " \
+        "holding train.csv and test.csv, or a Hugging Face dataset id such as sapientinc/sudoku-extreme\n"
 
 
 def test_foreign_output_dir_is_refused_before_reading_the_source(tmp_path):

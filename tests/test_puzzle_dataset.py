@@ -259,5 +259,150 @@ def test_broken_offsets_and_metadata_are_refused(tmp_path):
         make(path)
     with open(os.path.join(path, "test", "dataset.json"), "w") as metadata_file:
         json.dump({"pad_id": 0}, metadata_file)
-    with pytest.raises(ValueError, match=r"test/dataset.json is not a valid dataset.json"):
+    with pytest.raises(ValueError, match=r"test/dataset.json: not a valid dataset.json \(field ignore_label_id: Field required; "
+                                         r"field blank_identifier_id: Field required; .*; the file is damaged, rebuild the dataset"):
         make(path, "test")
+
+
+# -- damaged files and values out of range ------------------------------------------------------
+
+
+def array_path(path, field, split="train"):
+    return os.path.join(path, split, f"all__{field}.npy")
+
+
+def damage_file(path, how):
+    with open(path, "rb") as file:
+        content = file.read()
+    if how == "floats":
+        np.save(path, np.load(path).astype(np.float32))
+        return
+    if how == "objects":
+        np.save(path, np.array([[1, "a"]], dtype=object), allow_pickle=True)
+        return
+    damaged = {"empty": b"", "truncated": content[:150], "garbage": bytes(range(256)) * 4, "cut_header": content[:20],
+               "extra_bytes": content + b"\0" * 8}[how]
+    with open(path, "wb") as file:
+        file.write(damaged)
+
+
+@pytest.mark.parametrize(
+    "field, how, message",
+    [
+        ("inputs", "empty", r"train/all__inputs.npy: not a readable .npy array \(EOF: reading magic string, expected 8 bytes got 0\)"),
+        ("labels", "truncated", r"train/all__labels.npy: truncated: 150 bytes, but its header describes 228 \(a uint8 array of shape \(25, 4\)\)"),
+        ("puzzle_indices", "garbage", r"train/all__puzzle_indices.npy: not a readable .npy array \(the magic string is not correct"),
+        ("group_indices", "cut_header", r"train/all__group_indices.npy: not a readable .npy array \(EOF: reading array header"),
+        ("puzzle_identifiers", "extra_bytes", r"train/all__puzzle_identifiers.npy: 188 bytes, but its header describes 180 \(a int32 array of shape \(13,\)\)"),
+        ("inputs", "floats", r"train/all__inputs.npy: holds float32 values, expected integers"),
+        ("labels", "objects", r"train/all__labels.npy: holds object values, expected integers"),
+    ],
+)
+def test_a_damaged_array_file_is_named(tmp_path, field, how, message):
+    path, _ = write_dataset(tmp_path)
+    damage_file(array_path(path, field), how)
+    with pytest.raises(ValueError, match=message + r".*; the file is damaged, rebuild the dataset with dataset/build_\*_dataset.py$"):
+        make(path)
+    make(path, "test")  # the other split is untouched and opens
+
+
+def test_tokens_outside_the_vocabulary_are_refused(tmp_path):
+    path, arrays = write_dataset(tmp_path, vocab_size=25)  # inputs hold 1..25
+    with pytest.raises(ValueError, match=r"train/all__inputs.npy: value 25 at example 24, position 0, is outside 0..24 \(vocab_size=25 in "
+                                         r".*train/dataset.json\); the dataset is inconsistent, rebuild it"):
+        make(path)
+
+    path, arrays = write_dataset(tmp_path / "labels", vocab_size=26)
+    labels = arrays["labels"].copy()
+    labels[3, 2] = 30
+    np.save(array_path(path, "labels", "test"), labels)
+    make(path)
+    with pytest.raises(ValueError, match=r"test/all__labels.npy: value 30 at example 3, position 2, is outside 0..25 \(vocab_size=26 in "
+                                         r".*test/dataset.json, and not ignore_label_id=0\)"):
+        make(path, "test")
+
+
+def test_an_ignore_label_outside_the_vocabulary_is_allowed_in_labels_only(tmp_path):
+    path, arrays = write_dataset(tmp_path, ignore_label_id=-100)
+    labels = arrays["labels"].astype(np.int16)
+    labels[:, 0] = -100
+    np.save(array_path(path, "labels", "test"), labels)
+    batch = next(iter(make(path, "test")))[1]
+    assert (batch["labels"][:, 0] == IGNORE_LABEL_ID).all()
+    labels[5, 0] = -99
+    np.save(array_path(path, "labels", "test"), labels)
+    with pytest.raises(ValueError, match=r"test/all__labels.npy: value -99 at example 5, position 0, is outside 0..255"):
+        make(path, "test")
+    np.save(array_path(path, "inputs", "test"), labels)
+    with pytest.raises(ValueError, match=r"test/all__inputs.npy: value -100 at example 0, position 0, is outside 0..255 \(vocab_size=256 in .*\)"):
+        make(path, "test")
+
+
+def test_offsets_must_increase(tmp_path):
+    path, arrays = write_dataset(tmp_path)
+    offsets = arrays["group_indices"].copy()
+    offsets[2] = offsets[1]
+    np.save(array_path(path, "group_indices"), offsets.astype(np.int32))
+    with pytest.raises(ValueError, match=r"all__group_indices.npy: offsets must be strictly increasing"):
+        make(path)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", r"not a JSON file \(Expecting value: line 1 column 1 \(char 0\)\)"),
+        (b'{"pad_id": 0,', r"not a JSON file \(Expecting property name enclosed in double quotes"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00", r"not a JSON file \("),
+        (b"[1, 2]", r"not a valid dataset.json \(Input should be a valid dictionary"),
+        ({"seq_len": None}, r"not a valid dataset.json \(field seq_len: Input should be a valid integer\)"),
+        ({"seq_len": "long"}, r"not a valid dataset.json \(field seq_len: Input should be a valid integer, unable to parse string as an integer\)"),
+        ({"vocab_size": 0}, r"not a valid dataset.json \(field vocab_size: Input should be greater than or equal to 1\)"),
+        ({"mean_puzzle_examples": float("nan")}, r"not a valid dataset.json \(field mean_puzzle_examples: Input should be a finite number\)"),
+        ({"sets": ["../elsewhere"]}, r"not a valid dataset.json \(field sets: Value error, set name '../elsewhere' is not a plain name"),
+        ({"sets": []}, r"not a valid dataset.json \(field sets: List should have at least 1 item"),
+        ("drop total_groups", r"not a valid dataset.json \(field total_groups: Field required\)"),
+    ],
+)
+def test_a_bad_dataset_json_is_named_with_its_field(tmp_path, content, message):
+    path, _ = write_dataset(tmp_path)
+    metadata_path = os.path.join(path, "train", "dataset.json")
+    with open(metadata_path) as metadata_file:
+        metadata = json.load(metadata_file)
+    if isinstance(content, dict):
+        content = json.dumps({**metadata, **content}).encode()
+    elif isinstance(content, str):
+        content = json.dumps({key: value for key, value in metadata.items() if key != content.split()[1]}).encode()
+    with open(metadata_path, "wb") as metadata_file:
+        metadata_file.write(content)
+    with pytest.raises(ValueError, match=r"train/dataset.json: " + message + r".*; the file is damaged, rebuild the dataset"):
+        make(path)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"pad_id": 256}, r"dataset.json: pad_id=256 is not below vocab_size=256"),
+        ({"blank_identifier_id": 14}, r"dataset.json: blank_identifier_id=14 is not below num_puzzle_identifiers=14"),
+    ],
+)
+def test_metadata_ids_outside_their_ranges_are_refused(tmp_path, overrides, message):
+    path, _ = write_dataset(tmp_path, **overrides)
+    with pytest.raises(ValueError, match=message):
+        make(path)
+
+
+def test_damaged_data_stops_training_before_it_writes_anything(tmp_path):
+    import pretrain
+    from dataset.common import DatasetError
+    from tests.tiny_runs import build_tiny_sudoku, tiny_overrides
+    from utils.distributed import DistributedContext
+
+    data = build_tiny_sudoku(str(tmp_path))
+    with open(array_path(data, "inputs", "test"), "r+b") as inputs:
+        inputs.seek(-1, os.SEEK_END)
+        inputs.write(bytes([11]))  # vocab_size is 11: tokens 0..10
+    run = tmp_path / "run"
+    cpu = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    with pytest.raises(DatasetError, match=r"test/all__inputs.npy: value 11 at example 39, position 80, is outside 0..10"):
+        pretrain.run_training(tiny_overrides(data, str(run)), cpu)
+    assert not run.exists(), "no all_config.yaml or metrics.jsonl was written"

@@ -12,10 +12,10 @@
 #   scaling  the Sudoku and maze steps (SCALING_SHAPES, default "sudoku maze") in one process, then over
 #            2 GPUs with torchrun at the same global batch (on a two-GPU machine)
 #   curve    the 200-step loss-curve check of the fused kernels against the plain path (Sudoku-1k recipe)
-#   sudoku-run the Sudoku-Extreme-1k recipe (scripts/reproduce_sudoku_1k.sh) until the machine goes
-#            away; SUDOKU_RUN_ARGS holds extra overrides (e.g. arch.fused_kernels=true)
+#   sudoku-run the Sudoku-Extreme-1k recipe (scripts/reproduce_sudoku_1k.sh) until it is stopped;
+#            SUDOKU_RUN_ARGS holds extra overrides (e.g. arch.fused_kernels=true)
 #   maze-run the Maze-30x30-Hard-1k recipe (scripts/reproduce_maze_1k.sh, evaluating every 100 epochs)
-#            until the machine goes away; MAZE_SOURCE names a local folder of the maze CSVs (no network),
+#            until it is stopped; MAZE_SOURCE names a local folder of the maze CSVs (no network),
 #            MAZE_RUN_ARGS replaces the extra overrides (default eval_interval=100), NPROC spreads it over GPUs
 # Usage: benchmarks/gpu_session.sh OUTPUT_DIR [STAGE ...]   (default: tests kernels sudoku maze)
 set -uo pipefail

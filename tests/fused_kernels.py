@@ -43,10 +43,10 @@ def _counting(calls: list, function):
     return counted
 
 
-def use_reference_kernels(monkeypatch, allow_cpu: bool = True) -> dict:
+def use_reference_kernels(monkeypatch, anywhere: bool = True) -> dict:
     """Make "reference" every family's only candidate, counting the calls of one kernel of each
     (the shape of its first argument per call, by family), and start from an empty choice cache.
-    With allow_cpu, the kernels are tried on the CPU in float32 too."""
+    With `anywhere`, kernels are tried on the CPU and in float32 too, not only on CUDA in half precision."""
     calls = {family: [] for family in fused.FAMILIES}
     block_kernels = block.REFERENCE._replace(rope_qkv=_counting(calls["block"], block.rope_qkv_reference))
     mlp_kernels = mlp.REFERENCE._replace(swiglu_with_product=_counting(calls["mlp"], mlp.swiglu_with_product_reference))
@@ -55,9 +55,9 @@ def use_reference_kernels(monkeypatch, allow_cpu: bool = True) -> dict:
     monkeypatch.setattr(mlp, "MLP_KERNELS", {"reference": lambda: mlp_kernels})
     monkeypatch.setattr(mlp, "SWIGLU_KERNELS", {"reference": lambda: swiglu_kernel})
     monkeypatch.setattr(kernel_choice, "_choices", {})
-    if allow_cpu:
-        monkeypatch.setattr(fused, "KERNEL_DEVICE_TYPES", ("cpu",))
-        monkeypatch.setattr(fused, "KERNEL_DTYPES", (torch.float32,))
+    if anywhere:
+        monkeypatch.setattr(fused, "KERNEL_DEVICE_TYPES", ("cpu", "cuda"))
+        monkeypatch.setattr(fused, "KERNEL_DTYPES", (torch.float32, torch.float16, torch.bfloat16))
     return calls
 
 

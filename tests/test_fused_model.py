@@ -59,7 +59,7 @@ def assert_same_training_calls(calls: list, reference_calls: list) -> None:
 def test_on_the_cpu_nothing_is_swapped_and_the_model_computes_exactly_the_same(monkeypatch, kernels_registered):
     if kernels_registered:
         # Even with kernels that would pass, none is tried off CUDA half precision.
-        use_reference_kernels(monkeypatch, allow_cpu=False)
+        use_reference_kernels(monkeypatch, anywhere=False)
     head, plain = same_heads(SMALL)
     before = state(head)
     with warnings.catch_warnings():
@@ -162,6 +162,7 @@ def test_benchmark_variants_apply_their_families(monkeypatch):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_fused_kernels_on_gpu_track_the_pytorch_path_in_bfloat16():
     pytest.importorskip("quack.gemm_interface")
+    pytest.importorskip("quack.epilogue.frontend")
     config = {**CONFIG, "forward_dtype": "bfloat16", "batch_size": 16, "seq_len": 81, "hidden_size": 128, "num_heads": 2, "puzzle_emb_ndim": 128}
     fused, plain = same_heads(config)
     fused, plain = fused.cuda().train(), plain.cuda().train()

@@ -22,10 +22,8 @@ from torch import nn
 from tqdm import tqdm
 
 from dataset.common import DatasetError
-from models.kernels import swiglu_kernel_name
-from models.kernels.block import block_kernel_name
-from models.kernels.mlp import mlp_kernel_name
-from models.layers import attention_backend
+from models.attention import attention_backend
+from models.fused import apply_fused_kernels, fused_kernels_in_use
 from models.optimizers import build_adam_atan2
 from models.sparse_embedding import CastedSparseEmbeddingSignSGD_Distributed
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
@@ -140,31 +138,12 @@ def attention_description(state: TrainState, device: torch.device) -> str:
     return attention_backend(seq_len, device, model.inner.forward_dtype, model.config.hidden_size // model.config.num_heads)
 
 
-def fused_kernels_in_use(model: nn.Module, device: torch.device) -> Optional[str]:
-    """The fused kernels here (arch.fused_kernels), e.g. "quack block, quack MLP with gradient": in the
-    gradient-free passes the whole block ("quack block") or the SwiGLU alone ("quack SwiGLU", "triton
-    SwiGLU"), and in the passes with gradient the MLP; None: the PyTorch path."""
-    config, dtype, index = model.config, model.inner.forward_dtype, device.index or 0
-    if not config.fused_kernels:
-        return None
-    parts = []
-    block_kernels = block_kernel_name(device.type, index, dtype)
-    if block_kernels and model.inner.blocks_fusable():
-        parts.append(f"{block_kernels} block")
-    elif swiglu_kernels := swiglu_kernel_name(device.type, index, dtype):
-        parts.append(f"{swiglu_kernels} SwiGLU")
-    mlp_kernels = mlp_kernel_name(device.type, index, dtype)
-    if mlp_kernels and any(getattr(module, "fused_with_gradient", False) for module in model.modules()):
-        parts.append(f"{mlp_kernels} MLP with gradient")
-    return ", ".join(parts) or None
-
-
-def cuda_graphs_hint(fused_kernels: Optional[str], compile_text: str) -> Optional[str]:
+def cuda_graphs_hint(fused_kernels: str, compile_text: str) -> Optional[str]:
     """Advice for a compiled step without CUDA graphs that uses quack's kernels, else None.
 
     quack launches each kernel from Python, slowly enough that the GPU waits for the host between
-    them (one H200, Sudoku b768: 64 ms per step replayed from graphs, 68 to 99 ms launched)."""
-    if fused_kernels is None or "quack" not in fused_kernels or compile_text != "on":
+    them; replayed from CUDA graphs, the step launches nothing from Python."""
+    if "quack" not in fused_kernels or compile_text != "on":
         return None
     return ("quack's kernels are launched from Python, slowly enough that the GPU waits between them: "
             "add cuda_graphs=true to replay the step from CUDA graphs (the same numbers, faster)")
@@ -191,8 +170,12 @@ def build_loss_head(config: PretrainConfig, metadata, context: DistributedContex
         raise ConfigError(f"arch: the config does not fit {config.arch.name}:\n" + format_validation_error(error, prefix="arch.")) from None
     except ValueError as error:
         raise ConfigError(f"arch: the config does not fit {config.arch.name}: {error}") from None
-    loss_head = loss_head_class(model, loss_type=config.arch.loss.loss_type)
-    return loss_head.to(context.device)
+    loss_head = loss_head_class(model, loss_type=config.arch.loss.loss_type).to(context.device)
+    if model.config.fused_kernels:
+        # Opt-in speed code: swaps in fused modules that hold the same parameters, so the state dict
+        # and the optimisers are unchanged; each kernel is used only where it checks out on this device.
+        apply_fused_kernels(model, context.device)
+    return loss_head
 
 
 def build_optimizers(config: PretrainConfig, loss_head: nn.Module, context: DistributedContext):
@@ -389,10 +372,10 @@ def run_training(overrides: Sequence[str], context: DistributedContext) -> Optio
         save_config(config, config.checkpoint_path)
         logger = RunLogger(config.checkpoint_path, config.project_name, config.run_name, config.model_dump(), config.wandb.mode, start_step=state.step)
         parameters = sum(parameter.numel() for parameter in state.loss_head.parameters())
-        fused_kernels, compile_text = fused_kernels_in_use(state.loss_head.model, context.device), compile_description(state)
+        fused_kernels, compile_text = fused_kernels_in_use(state.loss_head.model), compile_description(state)
         print(f"{config.run_name}: {parameters:,} parameters, {state.total_steps} steps, {context.world_size} process(es) on "
               f"{context.device.type}, compile {compile_text}, attention {attention_description(state, context.device)}, "
-              f"fused kernels {fused_kernels or 'off'}, checkpoints in {config.checkpoint_path}"
+              f"fused kernels {fused_kernels}, checkpoints in {config.checkpoint_path}"
               + (f", resuming from {os.path.basename(resume_from)}" if resume_from else ""))
         hint = cuda_graphs_hint(fused_kernels, compile_text)
         if hint:

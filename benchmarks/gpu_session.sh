@@ -1,21 +1,21 @@
 #!/bin/bash
-# The speed work's device-machine session (docs/performance.md), in stages:
-#   tests    the GPU tests of the fused kernel and the model
-#   kernels  the layer-kernel microbenchmark (benchmarks/kernels.py): the fused SwiGLU kernel, quack's
-#            matrix products and every attention kernel that runs, at the training shapes
+# GPU measurements in stages (docs/performance.md):
+#   tests    the GPU tests of the fused kernels, the attention backends and the model
+#   kernels  the layer-kernel microbenchmark (benchmarks/kernels.py): quack's matrix products and the
+#            fused block's, and every attention kernel that runs, at the training shapes
 #   sudoku   the train-step benchmark and a 3-step profile of each variant in VARIANTS (default
-#            unfused,fused: the plain PyTorch path against the fused kernel)
+#            unfused,fused: the plain PyTorch path against the fused kernels)
 #   maze     the same for the maze shape
 #   autotune the Sudoku step compiled with mode max-autotune-no-cudagraphs (Triton matmul templates)
 #   maze-accum the maze recipe's global batch 768 as 2 and as 4 micro-batches (gradient_accumulation_steps):
 #            step time and peak memory, i.e. whether the Maze-1k recipe fits an 80 GB GPU
 #   scaling  the Sudoku and maze steps (SCALING_SHAPES, default "sudoku maze") in one process, then over
 #            2 GPUs with torchrun at the same global batch (on a two-GPU machine)
-#   curve    the 200-step loss-curve check of the fused kernel against the plain path (Sudoku-1k recipe)
-#   sudoku-run the Sudoku-Extreme-1k recipe (scripts/reproduce_sudoku_1k.sh) until the machine goes
-#            away; SUDOKU_RUN_ARGS holds extra overrides (e.g. arch.fused_kernels=true)
+#   curve    the 200-step loss-curve check of the fused kernels against the plain path (Sudoku-1k recipe)
+#   sudoku-run the Sudoku-Extreme-1k recipe (scripts/reproduce_sudoku_1k.sh) until it is stopped;
+#            SUDOKU_RUN_ARGS holds extra overrides (e.g. arch.fused_kernels=true)
 #   maze-run the Maze-30x30-Hard-1k recipe (scripts/reproduce_maze_1k.sh, evaluating every 100 epochs)
-#            until the machine goes away; MAZE_SOURCE names a local folder of the maze CSVs (no network),
+#            until it is stopped; MAZE_SOURCE names a local folder of the maze CSVs (no network),
 #            MAZE_RUN_ARGS replaces the extra overrides (default eval_interval=100), NPROC spreads it over GPUs
 # Usage: benchmarks/gpu_session.sh OUTPUT_DIR [STAGE ...]   (default: tests kernels sudoku maze)
 set -uo pipefail
@@ -27,14 +27,14 @@ export PYTHONUNBUFFERED=1
 LOG="$OUT_DIR/gpu_session.log"
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$LOG"
-python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" >> "$LOG"
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" >> "$LOG"
 
 for stage in $STAGES; do
   echo "== $stage $(date +%T)" >> "$LOG"
   case $stage in
     tests)
-      timeout 600 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_swiglu.py tests/test_kernels_model.py \
-        tests/test_model_gpu.py >> "$LOG" 2>&1 ;;
+      timeout 600 python3 -m pytest -q -p no:cacheprovider tests/test_fused_block.py tests/test_fused_mlp.py \
+        tests/test_fused_model.py tests/test_attention.py tests/test_model_gpu.py >> "$LOG" 2>&1 ;;
     kernels)
       timeout 420 python3 benchmarks/kernels.py --output "$OUT_DIR/kernels.jsonl" >> "$LOG" 2>&1 ;;
     sudoku | maze)

@@ -3,22 +3,20 @@
     python benchmarks/kernels.py [--output FILE]
 
 Prints one JSON line per shape and kernel:
-- SwiGLU: our fused Triton kernel against the compiled PyTorch code it replaces (torch.compile, as
-  training runs it): median microseconds of both, their ratio, and the kernel's relative error
-  against the PyTorch path in bfloat16;
 - quack (where the `quack-kernels` package imports: CuTe-DSL matrix products with fused epilogues,
-  Hopper and newer), the same way: its plain matrix product against cuBLAS, the gate/up product with
-  silu(gate) * up in its epilogue, and the down projection with the residual added in its epilogue
-  (then the compiled RMSNorm);
-- the fused block of `arch.fused_kernels` (models/kernels/block.py, quack): each of its four
-  products with its epilogue against the compiled PyTorch code it replaces (qkv + RoPE, o_proj +
-  residual + RMSNorm, gate/up + SwiGLU, down + residual + RMSNorm); timings only, as the outputs'
-  layouts differ (tests/test_kernels_block.py checks the values);
+  Hopper and newer) against the compiled PyTorch code it replaces (torch.compile, as training runs
+  it): median microseconds of both, their ratio, and the kernel's relative error against the
+  PyTorch path in bfloat16, for its plain matrix product against cuBLAS, the gate/up product with
+  silu(gate) * up in its epilogue (the "swiglu" family of models/fused), and the down projection
+  with the residual added in its epilogue (then the compiled RMSNorm);
+- the "block" family of models/fused (quack): each of its four products with its epilogue against
+  the compiled PyTorch code it replaces (qkv + RoPE, o_proj + residual + RMSNorm, gate/up + SwiGLU,
+  down + residual + RMSNorm); timings only, as the outputs' layouts differ
+  (tests/test_fused_block.py checks the values);
 - attention: every kernel that runs here (PyTorch SDPA's cuDNN, flash and memory-efficient kernels,
   FlashAttention 2, 3 and 4 where installed): median microseconds of the forward alone (as the
-  step's 40 gradient-free layer passes run it) and of forward + backward (the 8 passes with
-  gradient), and the relative error of the output and of the query gradient against float32
-  attention.
+  step's gradient-free layer passes run it) and of forward + backward (as its passes with gradient
+  do), and the relative error of the output and of the query gradient against float32 attention.
 A kernel that fails at a shape gets a line with its error instead.
 """
 
@@ -34,10 +32,10 @@ from triton.testing import do_bench
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from models import layers  # noqa: E402
-from models.kernels import SWIGLU_KERNELS, block, relative_error  # noqa: E402
-from models.kernels.swiglu import swiglu  # noqa: E402
-from models.layers import rms_norm  # noqa: E402
+from models import attention as attention_module  # noqa: E402
+from models.fused import block, mlp  # noqa: E402
+from models.kernel_choice import relative_error  # noqa: E402
+from models.layers import RotaryEmbedding, apply_rotary_pos_emb, rms_norm  # noqa: E402
 
 # (batch, sequence incl. the puzzle position) of each training shape; default architecture sizes.
 SHAPES = {"sudoku": (768, 82), "maze": (96, 901)}
@@ -56,7 +54,7 @@ def down_residual_norm_pytorch(x: torch.Tensor, weight: torch.Tensor, residual: 
 
 def qkv_rope_pytorch(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
     qkv = F.linear(x, weight).view(-1, cos.shape[0], 3 * NUM_HEADS, HEAD_DIM)  # cos: [seq, head_dim]
-    query, key = layers.apply_rotary_pos_emb(qkv[:, :, :NUM_HEADS], qkv[:, :, NUM_HEADS : 2 * NUM_HEADS], cos, sin)
+    query, key = apply_rotary_pos_emb(qkv[:, :, :NUM_HEADS], qkv[:, :, NUM_HEADS : 2 * NUM_HEADS], cos, sin)
     return query, key, qkv[:, :, 2 * NUM_HEADS :]
 
 
@@ -75,8 +73,8 @@ def block_records(generator: torch.Generator) -> list:
         rstd = torch.rand(batch * seq, device="cuda", generator=generator) + 0.5
         qkv_weight, o_weight = random(3 * HIDDEN, HIDDEN, scale=HIDDEN**-0.5), random(HIDDEN, HIDDEN, scale=HIDDEN**-0.5)
         gate_up_weight, down_weight = random(2 * INNER, HIDDEN, scale=HIDDEN**-0.5), random(HIDDEN, INNER, scale=INNER**-0.5)
-        rotary = layers.RotaryEmbedding(dim=HEAD_DIM, max_position_embeddings=seq, base=10000.0).cuda()
-        tables = block.rope_tables(rotary.inv_freq, batch, seq, NUM_HEADS, HEAD_DIM, torch.device("cuda"))
+        rotary = RotaryEmbedding(dim=HEAD_DIM, max_position_embeddings=seq, base=10000.0).cuda()
+        tables = block.rope_tables(block.rope_inv_freq(HEAD_DIM, 10000.0), batch, seq, NUM_HEADS, HEAD_DIM, torch.device("cuda"))
         # kernel: (fused kernel, its inputs, the PyTorch code it replaces, that code's inputs)
         cases = {
             "qkv-rope-block": (kernels.rope_qkv, (x, qkv_weight, rstd, *tables), qkv_rope_pytorch, (x, qkv_weight, *rotary())),
@@ -98,12 +96,13 @@ def quack_layer_ops() -> dict:
     """The quack versions of the layer operations, by name; empty where the package does not import."""
     try:
         from quack.gemm_interface import gemm, gemm_add
+        swiglu = mlp.SWIGLU_KERNELS["quack"]()
     except Exception:  # missing, or built for another CUDA/PyTorch: time the rest
         return {}
     compiled_norm = torch.compile(rms_norm, dynamic=False)
     return {
         "gate_up-matmul-quack": (lambda x, weight: gemm(x, weight.T), lambda x, weight: F.linear(x, weight)),
-        "swiglu-quack": (SWIGLU_KERNELS["quack"], swiglu_pytorch),  # the kernel arch.fused_kernels uses
+        "swiglu-quack": (swiglu, swiglu_pytorch),  # the "swiglu" family of models/fused
         "down-residual-rmsnorm-quack": (lambda x, weight, residual: compiled_norm(gemm_add(x, weight.T, residual), 1e-5),
                                         down_residual_norm_pytorch),
     }
@@ -136,17 +135,19 @@ SDPA_KERNELS = {"sdpa-cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa-flash": SDPBacke
 def sdpa_attention(backend: SDPBackend):
     def attention(query, key, value):
         with sdpa_kernel(backend):
-            return layers._sdpa_attention(query, key, value)
+            return attention_module._sdpa(query, key, value)
     return attention
 
 
 def attention_kernels() -> dict:
     """The attention kernels that run here, by name, each taking [batch, seq, heads, head_dim] tensors."""
     kernels = {name: sdpa_attention(backend) for name, backend in SDPA_KERNELS.items()}
-    for package in layers.FLASH_BACKENDS:
-        func = layers._import_flash(package)
-        if func is not None:
-            kernels[package] = lambda query, key, value, func=func: layers._flash_attention(func, query, key, value)
+    for package in attention_module.FLASH_BACKENDS:
+        try:
+            func = attention_module._import_flash(package)
+        except Exception:  # missing, or built for another CUDA/PyTorch: time the rest
+            continue
+        kernels[package] = lambda query, key, value, func=func: attention_module._flash(func, query, key, value)
     return kernels
 
 
@@ -184,12 +185,11 @@ def attention_reference(query, key, value, grad_out):
 
 
 def layer_records(generator: torch.Generator) -> list:
-    """The SwiGLU kernel and quack's matrix products against compiled PyTorch, per shape."""
+    """quack's matrix products against compiled PyTorch, per shape."""
     records, quack_ops = [], quack_layer_ops()
     for shape, (batch, seq) in SHAPES.items():
         x = torch.randn(batch * seq, HIDDEN, device="cuda", generator=generator, dtype=torch.bfloat16)
         weight = (torch.randn(2 * INNER, HIDDEN, device="cuda", generator=generator) / HIDDEN**0.5).to(torch.bfloat16)
-        records.append(compare(shape, "swiglu", swiglu, swiglu_pytorch, (x, weight)))
         inner = torch.randn(batch * seq, INNER, device="cuda", generator=generator, dtype=torch.bfloat16)
         down_weight = (torch.randn(HIDDEN, INNER, device="cuda", generator=generator) / INNER**0.5).to(torch.bfloat16)
         inputs = {"gate_up-matmul-quack": (x, weight), "swiglu-quack": (x, weight),

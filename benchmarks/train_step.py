@@ -22,13 +22,13 @@ A variant is one or more parts joined by '+':
                                   attention through PyTorch SDPA with only that kernel allowed
     flash-attn-2 | flash-attn-3 | flash-attn-4
                                   attention through that FlashAttention package (it must be installed)
-    fused | unfused               the fused kernels on | off (arch.fused_kernels: the whole block of the
-                                  gradient-free passes and the MLP of the passes with gradient in quack
-                                  epilogues, else a fused SwiGLU; unfused is the original's computation path;
-                                  with quack, add cuda-graphs: its launches are slow on the host)
-    fused-block                   fused kernels of the gradient-free passes only (the MLP of the passes
-                                  with gradient on the PyTorch path)
-    fused-swiglu                  fused kernels, but only the SwiGLU of the gradient-free passes
+    fused | unfused               every fused kernel family of models/fused (as arch.fused_kernels=true:
+                                  the whole block of the gradient-free passes and the MLP of the passes
+                                  with gradient in quack epilogues) | none (the original's computation
+                                  path); with quack, add cuda-graphs: its launches are slow on the host
+    fused-block                   the families of the gradient-free passes only: the block, else the
+                                  SwiGLU (the MLP of the passes with gradient on the PyTorch path)
+    fused-swiglu                  only the SwiGLU of the gradient-free passes
 e.g. `--compare eager,compile,compile+sdpa-cudnn`. Variants run one after another in one process, each
 on a freshly built train state, so their ratios are measured side by side.
 
@@ -59,7 +59,8 @@ sys.path.insert(0, REPO_ROOT)
 
 import pretrain  # noqa: E402
 from dataset.common import PuzzleDatasetMetadata  # noqa: E402
-from models import layers  # noqa: E402
+from models import attention  # noqa: E402
+from models.fused import FAMILIES, apply_fused_kernels, fused_kernels_in_use  # noqa: E402
 from models.losses import IGNORE_LABEL_ID  # noqa: E402
 from utils.config import ConfigError, PretrainConfig, check_world_size, environment_overrides, load_config, validate_config  # noqa: E402
 from utils.distributed import DistributedContext, distributed_session, end_process  # noqa: E402
@@ -172,7 +173,9 @@ SDPA_BACKENDS = {
     "sdpa-math": SDPBackend.MATH,
 }
 # Variant names: flash-attn-2, flash-attn-3, flash-attn-4.
-FLASH_PACKAGES = {backend.replace("_", "-"): backend for backend in layers.FLASH_BACKENDS}
+FLASH_PACKAGES = {backend.replace("_", "-"): backend for backend in attention.FLASH_BACKENDS}
+# Variant names of the fused kernel families (models/fused) they apply.
+FUSED_VARIANTS = {"fused": FAMILIES, "fused-block": ("block", "swiglu"), "fused-swiglu": ("swiglu",), "unfused": ()}
 
 
 @dataclass(frozen=True)
@@ -181,26 +184,19 @@ class Variant:
     compile: Optional[bool] = None  # None: as training decides
     compile_mode: Optional[str] = None  # a torch.compile mode; None: pretrain.py's own compile
     cuda_graphs: bool = False  # config.cuda_graphs: the compiled step replayed as CUDA graphs
-    sdpa_backend: Optional[SDPBackend] = None  # None: the backend models.layers picks
-    flash_package: Optional[str] = None  # a FlashAttention backend of models.layers; None: the one it picks
-    fused_kernels: Optional[bool] = None  # None: as the arch config says
-    fused_block: bool = True  # with fused kernels, the whole block in epilogues where it works
-    fused_mlp_with_gradient: bool = True  # with fused kernels, the MLP of the passes with gradient too
+    sdpa_backend: Optional[SDPBackend] = None  # None: the backend models.attention picks
+    flash_package: Optional[str] = None  # a FlashAttention backend of models.attention; None: the one it picks
+    fused_families: Optional[Tuple[str, ...]] = None  # the models/fused families to apply; None: as arch.fused_kernels says
 
 
 def parse_variant(name: str) -> Variant:
     compile_modes = list(torch._inductor.list_mode_options())
-    compile, compile_mode, sdpa_backend, flash_package, fused_kernels, cuda_graphs = None, None, None, None, None, False
-    fused_block, fused_mlp_with_gradient = True, True
+    compile, compile_mode, sdpa_backend, flash_package, fused_families, cuda_graphs = None, None, None, None, None, False
     for part in name.split("+"):
         if part == "default":
             continue
-        if part in ("fused", "unfused"):
-            fused_kernels = part == "fused"
-        elif part == "fused-block":
-            fused_kernels, fused_mlp_with_gradient = True, False
-        elif part == "fused-swiglu":
-            fused_kernels, fused_block, fused_mlp_with_gradient = True, False, False
+        if part in FUSED_VARIANTS:
+            fused_families = FUSED_VARIANTS[part]
         elif part in ("eager", "compile"):
             compile = part == "compile"
         elif part == "cuda-graphs":
@@ -217,13 +213,12 @@ def parse_variant(name: str) -> Variant:
             raise ValueError(
                 f"unknown variant part '{part}' in '{name}': use default, eager, compile, "
                 f"{', '.join('compile-' + mode for mode in compile_modes)}, cuda-graphs, {', '.join(SDPA_BACKENDS)}, "
-                f"{', '.join(FLASH_PACKAGES)}, fused, fused-block, fused-swiglu, unfused, joined by '+'"
+                f"{', '.join(FLASH_PACKAGES)}, {', '.join(FUSED_VARIANTS)}, joined by '+'"
             )
     if sdpa_backend is not None and flash_package is not None:
         raise ValueError(f"'{name}' names an SDPA kernel and a FlashAttention package: attention runs through one of them")
     return Variant(name, compile=compile, compile_mode=compile_mode, cuda_graphs=cuda_graphs, sdpa_backend=sdpa_backend,
-                   flash_package=flash_package, fused_kernels=fused_kernels, fused_block=fused_block,
-                   fused_mlp_with_gradient=fused_mlp_with_gradient)
+                   flash_package=flash_package, fused_families=fused_families)
 
 
 def build_state(base_config: PretrainConfig, variant: Variant, metadata: PuzzleDatasetMetadata, context: DistributedContext):
@@ -234,50 +229,35 @@ def build_state(base_config: PretrainConfig, variant: Variant, metadata: PuzzleD
     raw["cuda_graphs"] = variant.cuda_graphs
     if compile is not None:
         raw["compile"] = compile
-    if variant.fused_kernels is not None:
-        raw["arch"]["fused_kernels"] = variant.fused_kernels
+    if variant.fused_families is not None:
+        raw["arch"]["fused_kernels"] = False  # the variant's families are applied below instead of all
     config = validate_config(raw)
     # stdout carries only the JSON lines; the optimiser builder reports its choice with print().
     with contextlib.redirect_stdout(sys.stderr):
         state = pretrain.build_train_state(config, metadata, context)
-    if not variant.fused_block:
-        state.loss_head.model.inner.fused_block = False
-    if not variant.fused_mlp_with_gradient:
-        for module in state.loss_head.modules():
-            if isinstance(module, layers.SwiGLU):
-                module.fused_with_gradient = False
+    # Before the first step, so the step compiles (lazily, at its first call) with the fused modules.
+    if variant.fused_families:
+        apply_fused_kernels(state.loss_head.model, context.device, variant.fused_families)
     if variant.compile_mode is not None:
         state.step_fn = torch.compile(state.loss_head, dynamic=False, mode=variant.compile_mode)
     return config, state
 
 
 @contextlib.contextmanager
-def attention_override(variant: Variant, device: torch.device, dtype: torch.dtype, head_dim: int, seq_len: int):
+def attention_override(variant: Variant):
     """Route attention through the variant's SDPA kernel or FlashAttention package, if it names one."""
     if variant.sdpa_backend is None and variant.flash_package is None:
         yield
         return
-    # models.layers keeps its choice of backend for these tensors in a cache; pinning it there decides
-    # what runs (for SDPA, with sdpa_kernel choosing the kernel inside).
-    pinned = layers.SDPA
-    if variant.flash_package is not None:
-        func = layers._import_flash(variant.flash_package)
-        if func is None:
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(attention.forced_backend(variant.flash_package or attention.SDPA))
+        except ImportError:
             raise ConfigError(f"variant '{variant.name}': the {variant.flash_package} package does not import here; "
-                              "install it, or leave that variant out of --compare")
-        layers._flash_funcs[variant.flash_package] = func
-        pinned = variant.flash_package
-    key = (device.type, device.index or 0, dtype, head_dim, seq_len)
-    previous = layers._backend_cache.get(key)
-    layers._backend_cache[key] = pinned
-    try:
-        with sdpa_kernel(variant.sdpa_backend) if variant.sdpa_backend is not None else contextlib.nullcontext():
-            yield
-    finally:
-        if previous is None:
-            del layers._backend_cache[key]
-        else:
-            layers._backend_cache[key] = previous
+                              "install it, or leave that variant out of --compare") from None
+        if variant.sdpa_backend is not None:
+            stack.enter_context(sdpa_kernel(variant.sdpa_backend))
+        yield
 
 
 # Timing -----------------------------------------------------------------------------------------
@@ -389,7 +369,7 @@ def benchmark_variant(variant: Variant, base_config: PretrainConfig, metadata: P
     model = state.loss_head.model
     dtype, head_dim = model.inner.forward_dtype, model.config.hidden_size // model.config.num_heads
     seq_len = metadata.seq_len + model.inner.puzzle_emb_len
-    with attention_override(variant, device, dtype, head_dim, seq_len):
+    with attention_override(variant):
         # The first step compiles (when compiled); the further warm-up steps settle caches and autotuning.
         start = time.perf_counter()
         run_steps(config, state, batches, context, 1)
@@ -407,7 +387,7 @@ def benchmark_variant(variant: Variant, base_config: PretrainConfig, metadata: P
             folder = args.profile if len(args.variants) == 1 else os.path.join(args.profile, re.sub(r"[^\w.-]", "_", variant.name))
             profile_steps(folder, config, state, batches, context)
 
-        backend = layers.attention_backend(seq_len, device, dtype, head_dim)
+        backend = attention.attention_backend(seq_len, device, dtype, head_dim)
     if variant.sdpa_backend is not None:
         backend = f"{backend} ({variant.sdpa_backend.name})"
 
@@ -434,8 +414,8 @@ def benchmark_variant(variant: Variant, base_config: PretrainConfig, metadata: P
         "compile_mode": variant.compile_mode,
         "cuda_graphs": isinstance(state.step_fn, pretrain.CudaGraphStep),
         "attention_backend": backend,
-        # The fused kernels of the gradient-free passes ("quack block", "quack SwiGLU", "triton SwiGLU"); null: PyTorch.
-        "fused_kernel": pretrain.fused_kernels_in_use(model, device),
+        # What models/fused swapped in, e.g. "quack block, quack MLP with gradient", or "off".
+        "fused_kernel": fused_kernels_in_use(model),
         "optimizers": [f"{type(optimizer).__module__}.{type(optimizer).__qualname__}" for optimizer in state.optimizers],
         "parameters": sum(p.numel() for p in state.loss_head.parameters()),
         "compile_seconds": round(compile_seconds, 3),

@@ -118,12 +118,13 @@ def test_a_failing_variant_reports_an_error_and_the_next_still_runs(tmp_path, ca
 
 
 def test_variant_names_map_to_their_settings():
-    assert parse_variant("cuda-graphs+fused") == Variant("cuda-graphs+fused", compile=True, cuda_graphs=True, fused_kernels=True)
+    assert parse_variant("cuda-graphs+fused") == Variant("cuda-graphs+fused", compile=True, cuda_graphs=True, fused_families=("block", "swiglu", "mlp"))
     assert parse_variant("compile+sdpa-flash") == Variant("compile+sdpa-flash", compile=True, sdpa_backend=SDPBackend.FLASH_ATTENTION)
     assert parse_variant("compile-max-autotune") == Variant("compile-max-autotune", compile=True, compile_mode="max-autotune")
     assert parse_variant("compile+flash-attn-4") == Variant("compile+flash-attn-4", compile=True, flash_package="flash_attn_4")
-    assert parse_variant("fused-swiglu") == Variant("fused-swiglu", fused_kernels=True, fused_block=False, fused_mlp_with_gradient=False)
-    assert parse_variant("fused-block") == Variant("fused-block", fused_kernels=True, fused_mlp_with_gradient=False)
+    assert parse_variant("fused-swiglu") == Variant("fused-swiglu", fused_families=("swiglu",))
+    assert parse_variant("fused-block") == Variant("fused-block", fused_families=("block", "swiglu"))
+    assert parse_variant("compile+unfused") == Variant("compile+unfused", compile=True, fused_families=())
 
 
 def test_trace_gaps_merges_overlaps_and_names_the_largest_gap():

@@ -30,19 +30,6 @@ def make_head(seed: int = 0, **overrides) -> ACTLossHead:
     return ACTLossHead(HierarchicalReasoningModel_ACTV1({**SMALL, **overrides}), "stablemax_cross_entropy")
 
 
-def fused_and_plain_heads(config: dict):
-    """Two loss heads with identical weights, one with arch.fused_kernels, one without; their Q heads
-    non-trivial, so that halting decisions depend on the computation."""
-    torch.manual_seed(0)
-    fused = ACTLossHead(HierarchicalReasoningModel_ACTV1({**config, "fused_kernels": True}), "stablemax_cross_entropy")
-    plain = ACTLossHead(HierarchicalReasoningModel_ACTV1({**config, "fused_kernels": False}), "stablemax_cross_entropy")
-    plain.load_state_dict(fused.state_dict())
-    with torch.no_grad():
-        for head in (fused, plain):
-            head.model.inner.q_head.weight.copy_(torch.linspace(-0.5, 0.5, head.model.inner.q_head.weight.numel()).view(2, -1))
-    return fused, plain
-
-
 def training_calls(head: ACTLossHead, batch: dict, calls: int = 3) -> list:
     """Training calls (loss, outputs, halting, z_H, gradients), with the same exploration draws each time."""
     torch.manual_seed(1)
@@ -67,20 +54,6 @@ def assert_training_calls_match(calls: list, reference_calls: list) -> None:
         assert grads.keys() == reference[4].keys()
         for name in grads:
             torch.testing.assert_close(grads[name], reference[4][name], rtol=1e-4, atol=1e-6)
-
-
-def count_reference_calls(monkeypatch, kernels_module, kernel: str) -> list:
-    """Make a kernel module's PyTorch reference for `kernel` record the shape of its first argument
-    on each call (the fused path's ops run the references off CUDA); returns the record."""
-    calls = []
-    reference = getattr(kernels_module.REFERENCE, kernel)
-
-    def counting(*args):
-        calls.append(args[0].shape)
-        return reference(*args)
-
-    monkeypatch.setattr(kernels_module, "REFERENCE", kernels_module.REFERENCE._replace(**{kernel: counting}))
-    return calls
 
 
 def evaluation_result(head: ACTLossHead, batch: dict, steps: int) -> tuple:

@@ -14,7 +14,7 @@ import torch
 import pretrain
 from benchmarks.train_step import SHAPES, shape_metadata, synthetic_batches
 from models.hrm.hrm_act_v1 import HierarchicalReasoningModel_ACTV1
-from models.layers import attention_backend
+from models.attention import FLASH_ATTN_4, _import_flash, attention_backend
 from models.losses import ACTLossHead
 from models.optimizers import AdamATan2, build_adam_atan2
 from models.sparse_embedding import CastedSparseEmbeddingSignSGD_Distributed
@@ -214,7 +214,7 @@ def test_cuda_graphs_train_and_evaluate_like_the_compiled_step():
 
 def test_flash_attention_4_op_matches_sdpa_and_compiles_without_graph_breaks():
     try:
-        from models.flash_attn_4 import flash_attn_4_func
+        flash_attn_4_func = _import_flash(FLASH_ATTN_4)
     except ImportError as error:
         pytest.skip(f"flash-attn-4 does not import: {error}")
     if torch.cuda.get_device_capability()[0] < 9:

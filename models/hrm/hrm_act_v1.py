@@ -17,17 +17,6 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from torch import nn
 
 from models.common import trunc_normal_init_
-from models.kernels.block import (
-    RopeTables,
-    block_supported,
-    interleave_gate_up_weight,
-    interleave_qkv_weight,
-    residual_rms,
-    rope_qkv,
-    rope_tables,
-    rstd_swiglu,
-    use_fused_block,
-)
 from models.layers import Attention, CastedEmbedding, CastedLinear, CosSin, RotaryEmbedding, SwiGLU, rms_norm
 from models.sparse_embedding import CastedSparseEmbedding
 
@@ -57,9 +46,8 @@ class HierarchicalReasoningModel_ACTV1Config(BaseModel):
     halt_exploration_prob: float
 
     forward_dtype: str = "bfloat16"
-    # Fused kernels on GPUs (models/kernels): in the gradient-free passes the whole block in quack's
-    # epilogues, else the SwiGLU alone, and the MLP of the passes with gradient; the same computation
-    # up to bf16 rounding.
+    # Opt-in fused GPU kernels (models/fused/), which pretrain.py applies to the built model; the model
+    # itself ignores this key.
     fused_kernels: bool = False
 
     @field_validator("batch_size", "seq_len", "num_puzzle_identifiers", "vocab_size", "H_cycles", "L_cycles",
@@ -118,29 +106,12 @@ class HierarchicalReasoningModel_ACTV1Block(nn.Module):
     def __init__(self, config: HierarchicalReasoningModel_ACTV1Config):
         super().__init__()
         self.self_attn = Attention(hidden_size=config.hidden_size, num_heads=config.num_heads)
-        self.mlp = SwiGLU(hidden_size=config.hidden_size, expansion=config.expansion, fused=config.fused_kernels)
+        self.mlp = SwiGLU(hidden_size=config.hidden_size, expansion=config.expansion)
         self.norm_eps = config.rms_norm_eps
 
     def forward(self, cos_sin: Optional[CosSin], hidden_states: torch.Tensor) -> torch.Tensor:
         hidden_states = rms_norm(hidden_states + self.self_attn(cos_sin=cos_sin, hidden_states=hidden_states), self.norm_eps)
         return rms_norm(hidden_states + self.mlp(hidden_states), self.norm_eps)
-
-    def forward_fused(self, rope: RopeTables, hidden_states: torch.Tensor, rstd: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The same block in fused epilogues with deferred RMSNorms (models/kernels/block.py), no gradient.
-
-        hidden_states [batch, seq, hidden] is the input before its pending RMSNorm scale rstd
-        [batch * seq]; the output comes back the same way.
-        """
-        attn, mlp = self.self_attn, self.mlp
-        shape, dtype = hidden_states.shape, hidden_states.dtype
-        rows = hidden_states.reshape(-1, shape[-1])
-        qkv_weight = interleave_qkv_weight(attn.qkv_proj.weight.to(dtype), attn.num_heads, attn.head_dim)
-        qkv = rope_qkv(rows, qkv_weight, rstd, rope.positions, rope.frequencies)
-        attended = attn.attend(qkv.view(*shape[:-1], -1)).reshape(rows.shape[0], -1)
-        after_attn, after_attn_rstd = residual_rms(attended, attn.o_proj.weight.to(dtype), rows, rstd, self.norm_eps)
-        inner = rstd_swiglu(after_attn, interleave_gate_up_weight(mlp.gate_up_proj.weight.to(dtype)), after_attn_rstd)
-        out, out_rstd = residual_rms(inner, mlp.down_proj.weight.to(dtype), after_attn, after_attn_rstd, self.norm_eps)
-        return out.view(shape), out_rstd
 
 
 class HierarchicalReasoningModel_ACTV1ReasoningModule(nn.Module):
@@ -150,17 +121,8 @@ class HierarchicalReasoningModel_ACTV1ReasoningModule(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(layers)
 
-    def forward(
-        self, hidden_states: torch.Tensor, input_injection: torch.Tensor, cos_sin: Optional[CosSin], fused_rope: Optional[RopeTables] = None
-    ) -> torch.Tensor:
-        """`fused_rope` given and no gradient: the blocks run in fused epilogues (Block.forward_fused)."""
+    def forward(self, hidden_states: torch.Tensor, input_injection: torch.Tensor, cos_sin: Optional[CosSin]) -> torch.Tensor:
         hidden_states = hidden_states + input_injection
-        if fused_rope is not None and not torch.is_grad_enabled():
-            rstd = torch.ones(hidden_states.shape[0] * hidden_states.shape[1], dtype=torch.float32, device=hidden_states.device)
-            for layer in self.layers:
-                hidden_states, rstd = layer.forward_fused(fused_rope, hidden_states, rstd)
-            # The last block's RMSNorm, applied as rms_norm rounds it.
-            return (hidden_states.float() * rstd.view(*hidden_states.shape[:-1], 1)).to(hidden_states.dtype)
         for layer in self.layers:
             hidden_states = layer(cos_sin=cos_sin, hidden_states=hidden_states)
         return hidden_states
@@ -202,11 +164,6 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
         self.register_buffer("H_init", trunc_normal_init_(torch.empty(hidden), std=1).to(self.forward_dtype), persistent=True)
         self.register_buffer("L_init", trunc_normal_init_(torch.empty(hidden), std=1).to(self.forward_dtype), persistent=True)
 
-        # Gradient-free passes run their blocks in fused epilogues where arch.fused_kernels asks for it
-        # and the kernels work on the device (models/kernels/block.py); benchmarks turn it off to
-        # compare with the fused SwiGLU alone.
-        self.fused_block = config.fused_kernels
-
         # Q head starts by strongly preferring "continue" (sigmoid(-5) ~ 0.007 for both logits).
         with torch.no_grad():
             self.q_head.weight.zero_()
@@ -229,20 +186,6 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
 
         return self.embed_scale * embedding
 
-    def blocks_fusable(self) -> bool:
-        """Whether the gradient-free passes ask for the fused blocks and their shapes allow them (the
-        device decides the rest: models.kernels.block.use_fused_block)."""
-        return self.fused_block and block_supported(self.config.hidden_size, self.config.hidden_size // self.config.num_heads)
-
-    def _fused_rope_tables(self, input_embeddings: torch.Tensor) -> Optional[RopeTables]:
-        """The fused blocks' RoPE tables for this batch; None where the blocks keep the PyTorch path."""
-        if not (self.blocks_fusable() and use_fused_block(input_embeddings)):
-            return None
-        batch_size, seq_len, _ = input_embeddings.shape
-        inv_freq = self.rotary_emb.inv_freq if self.config.pos_encodings == "rope" else None
-        head_dim = self.config.hidden_size // self.config.num_heads
-        return rope_tables(inv_freq, batch_size, seq_len, self.config.num_heads, head_dim, input_embeddings.device)
-
     def empty_carry(self, batch_size: int, device: torch.device) -> HierarchicalReasoningModel_ACTV1InnerCarry:
         # Placeholder states: every sequence is reset from H_init/L_init before its first use.
         shape = (batch_size, self.config.seq_len + self.puzzle_emb_len, self.config.hidden_size)
@@ -263,7 +206,6 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
     ) -> Tuple[HierarchicalReasoningModel_ACTV1InnerCarry, torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         cos_sin = self.rotary_emb() if self.config.pos_encodings == "rope" else None
         input_embeddings = self._input_embeddings(batch["inputs"], batch["puzzle_identifiers"])
-        fused_rope = self._fused_rope_tables(input_embeddings)
         H_cycles, L_cycles = self.config.H_cycles, self.config.L_cycles
 
         # All updates but the final L and H ones run without gradient.
@@ -272,13 +214,13 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
             for h in range(H_cycles):
                 for l in range(L_cycles):
                     if not (h == H_cycles - 1 and l == L_cycles - 1):
-                        z_L = self.L_level(z_L, z_H + input_embeddings, cos_sin, fused_rope)
+                        z_L = self.L_level(z_L, z_H + input_embeddings, cos_sin)
                 if h != H_cycles - 1:
-                    z_H = self.H_level(z_H, z_L, cos_sin, fused_rope)
+                    z_H = self.H_level(z_H, z_L, cos_sin)
 
         # One-step gradient: backpropagate through the last L and H updates only.
-        z_L = self.L_level(z_L, z_H + input_embeddings, cos_sin, fused_rope)
-        z_H = self.H_level(z_H, z_L, cos_sin, fused_rope)
+        z_L = self.L_level(z_L, z_H + input_embeddings, cos_sin)
+        z_H = self.H_level(z_H, z_L, cos_sin)
 
         new_carry = HierarchicalReasoningModel_ACTV1InnerCarry(z_H=z_H.detach(), z_L=z_L.detach())
         logits = self.lm_head(z_H)[:, self.puzzle_emb_len:]

@@ -1,7 +1,8 @@
-"""quack's CuTe-DSL matrix products with the epilogues of `models/kernels/block.py`.
+"""quack's CuTe-DSL matrix products with the epilogues of block.py.
 
-Importing this module raises ImportError where the `quack-kernels` package is not installed. quack
-builds and tunes a kernel the first time it sees a shape; later calls replay it.
+Importing this module raises ImportError where the optional `quack-kernels` package is not
+installed. quack builds and tunes a kernel the first time it sees a shape; later calls replay it.
+quack takes the second operand as [k, n], so the [n, k] weights go in as `weight.t()`, a view.
 """
 
 import torch
@@ -19,7 +20,6 @@ def residual_sqsum_epi(acc, c, rstd):
 
 
 def rope_qkv(x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor, positions: torch.Tensor, frequencies: torch.Tensor) -> torch.Tensor:
-    # quack takes B as [k, n]; weight.t() is a view.
     return rstd_rope_posfreq_epi(x, weight.t(), pos=positions, freq=frequencies, rstd=rstd)["D"]
 
 

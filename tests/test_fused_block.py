@@ -1,9 +1,10 @@
-"""The fused block of the gradient-free passes (models/kernels/block.py).
+"""The "block" kernel family (models/fused/block.py): each block of a gradient-free pass in fused epilogues.
 
-On the CPU the block's ops run their PyTorch references, so these tests check the algebra: the
-interleaved weights, the RoPE tables, the deferred RMSNorms and the kernel choice. In float32 the
-fused model must then agree with the PyTorch path to rounding. On a GPU with `quack-kernels`, the
-real kernels are checked against the references at the Sudoku shape.
+On the CPU the block's ops run stand-ins that are their PyTorch references (tests/fused_kernels.py),
+so these tests check the algebra: the interleaved weights, the RoPE tables, the deferred RMSNorms
+and the kernel check. In float32 the fused model must then agree with the PyTorch path to
+rounding. On a GPU with `quack-kernels`, the real kernels are checked against the references at
+the Sudoku shape.
 """
 
 import warnings
@@ -12,18 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import models.hrm.hrm_act_v1 as hrm_module
-from models.kernels import block, relative_error
+from models.fused import block
+from models.kernel_choice import relative_error
 from models.layers import RotaryEmbedding, apply_rotary_pos_emb
-from tests.test_model_act import (assert_training_calls_match, count_reference_calls, evaluation_result, fused_and_plain_heads, make_batch,
-                                   training_calls)
+from tests.fused_kernels import CONFIG, apply_on_cpu, same_heads, use_reference_kernels
+from tests.test_model_act import assert_training_calls_match, evaluation_result, make_batch, training_calls
 
 CPU = torch.device("cpu")
-CONFIG = dict(
-    batch_size=3, seq_len=20, puzzle_emb_ndim=64, num_puzzle_identifiers=4, vocab_size=6,
-    H_cycles=2, L_cycles=2, H_layers=2, L_layers=2, hidden_size=64, expansion=2, num_heads=2,
-    pos_encodings="rope", halt_max_steps=3, halt_exploration_prob=0.5, forward_dtype="float32",
-)  # fmt: skip
 
 
 def test_interleaved_rope_equals_rotate_half_up_to_the_same_permutation_of_q_and_k():
@@ -37,7 +33,7 @@ def test_interleaved_rope_equals_rotate_half_up_to_the_same_permutation_of_q_and
     qkv = (x @ weight.t()).view(batch_size, seq_len, 3 * num_heads, head_dim)
     query, key = apply_rotary_pos_emb(qkv[:, :, :num_heads], qkv[:, :, num_heads : 2 * num_heads], cos, sin)
 
-    tables = block.rope_tables(rope.inv_freq, batch_size, seq_len, num_heads, head_dim, CPU)
+    tables = block.rope_tables(block.rope_inv_freq(head_dim, 10000.0), batch_size, seq_len, num_heads, head_dim, CPU)
     interleaved = block.interleave_qkv_weight(weight, num_heads, head_dim)
     fused = block.rope_qkv_reference(x, interleaved, torch.ones(len(x)), *tables).view(batch_size, seq_len, 3 * num_heads, head_dim)
     # Head dims come out ordered (0, d/2, 1, d/2 + 1, ...).
@@ -75,56 +71,71 @@ def test_residual_rms_returns_the_sum_and_its_inverse_rms():
     torch.testing.assert_close(rstd, (1 / (expected.square().mean(-1) + 1e-5).sqrt()).float(), rtol=1e-5, atol=0)
 
 
-def build_pair(**overrides):
-    return fused_and_plain_heads({**CONFIG, **overrides})
-
-
 @pytest.fixture
-def fused_block_on_cpu(monkeypatch):
-    """Take the fused block path on the CPU, where its ops run their PyTorch references."""
-    if torch.cuda.is_available():
-        pytest.skip("the CPU run; the GPU tests cover CUDA")
-    monkeypatch.setattr(hrm_module, "use_fused_block", lambda hidden_states: True)
-    return count_reference_calls(monkeypatch, block, "rope_qkv")
+def reference_calls(monkeypatch):
+    """The stand-in kernels on the CPU; their calls by family (tests/fused_kernels.py)."""
+    return use_reference_kernels(monkeypatch)
 
 
-def test_fused_block_training_calls_equal_the_pytorch_path(fused_block_on_cpu):
-    fused, plain = build_pair()
+def fused_block_heads(calls: dict, **overrides):
+    """A head with the block family applied (and nothing else), a plain head with the same weights,
+    and what apply_fused_kernels said."""
+    fused, plain = same_heads({**CONFIG, **overrides})
+    return fused, plain, apply_on_cpu(fused, calls, families=("block",))
+
+
+def test_fused_block_training_calls_equal_the_pytorch_path(reference_calls):
+    fused, plain, description = fused_block_heads(reference_calls)
+    reference_block = reference_calls["block"]
+    assert description == "reference block"
     batch = make_batch(CONFIG)
     fused_calls = training_calls(fused.train(), batch)
     # Per call, 3 gradient-free L updates and 1 H update, and the Q-target segment's 4 + 2, of 2 blocks each.
-    assert len(fused_block_on_cpu) == 3 * (3 + 1 + 4 + 2) * 2
+    assert len(reference_block) == 3 * (3 + 1 + 4 + 2) * 2
     assert_training_calls_match(fused_calls, training_calls(plain.train(), batch))
 
 
-def test_fused_block_evaluation_without_rope_equals_the_pytorch_path(fused_block_on_cpu):
-    fused, plain = build_pair(pos_encodings="learned")
+def test_fused_block_evaluation_without_rope_equals_the_pytorch_path(reference_calls):
+    fused, plain, _ = fused_block_heads(reference_calls, pos_encodings="learned")
+    reference_block = reference_calls["block"]
     batch = make_batch(CONFIG, seed=3)
     (logits, exact, z_L), reference = (evaluation_result(head, batch, CONFIG["halt_max_steps"]) for head in (fused, plain))
-    assert fused_block_on_cpu  # the fused path ran
+    assert reference_block  # the fused path ran
     torch.testing.assert_close(logits, reference[0], rtol=1e-4, atol=1e-5)
     assert torch.equal(exact, reference[1])
     torch.testing.assert_close(z_L, reference[2], rtol=1e-4, atol=1e-5)
 
 
-def test_the_fused_block_stays_off_without_the_setting_or_for_unsupported_shapes(fused_block_on_cpu):
-    fused, plain = build_pair()
-    fused_odd, _ = build_pair(hidden_size=40, num_heads=2, puzzle_emb_ndim=40)  # head_dim 20
+def test_fused_block_evaluation_of_another_batch_size_equals_the_pytorch_path(reference_calls):
+    # The module keeps the RoPE positions of the training batch; a larger batch gets its own.
+    fused, plain, _ = fused_block_heads(reference_calls)
+    reference_block = reference_calls["block"]
+    batch = make_batch({**CONFIG, "batch_size": 5}, seed=4)
+    (logits, exact, z_L), reference = (evaluation_result(head, batch, CONFIG["halt_max_steps"]) for head in (fused, plain))
+    assert reference_block and all(shape[0] == 5 * (20 + 1) for shape in reference_block)
+    torch.testing.assert_close(logits, reference[0], rtol=1e-4, atol=1e-5)
+    assert torch.equal(exact, reference[1])
+    torch.testing.assert_close(z_L, reference[2], rtol=1e-4, atol=1e-5)
+
+
+def test_the_fused_block_stays_off_for_unsupported_shapes(reference_calls):
+    odd, _ = same_heads({**CONFIG, "hidden_size": 40, "num_heads": 2, "puzzle_emb_ndim": 40})  # head_dim 20
+    assert apply_on_cpu(odd, reference_calls, families=("block",)) == "off"
     batch = make_batch(CONFIG)
-    for head in (plain, fused_odd):
-        with torch.no_grad():
-            head(carry=head.initial_carry(batch), batch=batch, return_keys=[])
-    assert fused_block_on_cpu == []
     with torch.no_grad():
-        fused(carry=fused.initial_carry(batch), batch=batch, return_keys=[])
-    assert fused_block_on_cpu
+        odd(carry=odd.initial_carry(batch), batch=batch, return_keys=[])
+    assert reference_calls["block"] == []
 
 
-def choose(**kernel_sets):
+def chosen(monkeypatch, candidates: dict):
+    """What apply_fused_kernels makes of these block kernel sets on the CPU, and its warnings."""
+    use_reference_kernels(monkeypatch)
+    monkeypatch.setattr(block, "BLOCK_KERNELS", candidates)
+    head, _ = same_heads(CONFIG)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        name = block.choose_block_kernels(CPU, torch.float32, kernel_sets)
-    return name, [str(warning.message) for warning in caught]
+        description = apply_on_cpu(head, {}, families=("block",))
+    return description, [str(warning.message) for warning in caught]
 
 
 def missing_package():
@@ -145,23 +156,22 @@ def wrong_kernels():
     return block.BlockKernels(block.rope_qkv_reference, block.residual_rms_reference, wrong_swiglu)
 
 
-def test_kernel_choice_checks_every_op_and_skips_missing_packages_silently():
+def test_the_kernel_check_covers_every_op_and_skips_missing_packages_silently(monkeypatch):
     assert list(block.BLOCK_KERNELS) == ["quack"]
-    assert choose(quack=lambda: block.REFERENCE) == ("quack", [])
-    assert choose(quack=missing_package) == (None, [])
+    assert chosen(monkeypatch, {"quack": lambda: block.REFERENCE}) == ("quack block", [])
+    assert chosen(monkeypatch, {"quack": missing_package}) == ("off", [])
     for broken in (failing_kernels, wrong_kernels):
-        name, messages = choose(quack=broken, other=lambda: block.REFERENCE)
-        assert name == "other"
-        assert len(messages) == 1 and "'quack' skipped" in messages[0]
-    assert block.block_kernel_name("cpu", 0, torch.bfloat16) is None
-    assert block.block_kernel_name("cuda", 0, torch.float32) is None
+        description, messages = chosen(monkeypatch, {"quack": broken, "other": lambda: block.REFERENCE})
+        assert description == "other block"
+        assert len(messages) == 1 and "Fused block kernels 'quack' skipped on cpu" in messages[0]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @torch.no_grad()
 def test_quack_block_kernels_on_gpu_match_the_references_at_the_sudoku_shape():
     pytest.importorskip("quack.epilogue.frontend")
-    assert block.block_kernel_name("cuda", torch.cuda.current_device(), torch.bfloat16) == "quack"
+    # The check apply_fused_kernels runs before using them.
+    block.check_kernels(block.BLOCK_KERNELS["quack"], torch.device("cuda", torch.cuda.current_device()), torch.bfloat16)
     kernels = block.BLOCK_KERNELS["quack"]()
     generator = torch.Generator(device="cuda").manual_seed(0)
     tokens, hidden, num_heads, head_dim, inner = 768 * 82, 512, 8, 64, 1536
@@ -171,8 +181,7 @@ def test_quack_block_kernels_on_gpu_match_the_references_at_the_sudoku_shape():
 
     x, residual = random(tokens, hidden), random(tokens, hidden)
     rstd = torch.rand(tokens, device="cuda", generator=generator) + 0.5
-    inv_freq = RotaryEmbedding(dim=head_dim, max_position_embeddings=82, base=10000.0).inv_freq.cuda()
-    tables = block.rope_tables(inv_freq, 768, 82, num_heads, head_dim, torch.device("cuda"))
+    tables = block.rope_tables(block.rope_inv_freq(head_dim, 10000.0), 768, 82, num_heads, head_dim, torch.device("cuda"))
     cases = [
         (kernels.rope_qkv, block.rope_qkv_reference, (x, random(3 * hidden, hidden, scale=hidden**-0.5), rstd, *tables)),
         (kernels.residual_rms, block.residual_rms_reference, (x, random(hidden, hidden, scale=hidden**-0.5), residual, rstd, 1e-5)),

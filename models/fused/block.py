@@ -1,4 +1,4 @@
-"""A whole post-norm block in fused matrix-product epilogues, for the gradient-free forward passes.
+"""Kernel family "block": each post-norm block of a gradient-free pass in fused matrix-product epilogues.
 
 HRM's block is x <- rms(x + attn(x)); x <- rms(x + mlp(x)). On the PyTorch path each step between
 the matrix products (RoPE, the two residual adds with their RMSNorms, silu(gate) * up) is a pass
@@ -23,21 +23,21 @@ Pairs: the epilogues work on adjacent columns (2j, 2j + 1). HRM's RoPE rotates d
 the attention, unchanged. The gate/up weight is interleaved to (gate_0, up_0, gate_1, ...) for the
 same reason.
 
-The kernels are quack's CuTe-DSL matrix products (`models/kernels/quack_block.py`, the optional
-`quack-kernels` package, Hopper and newer). They compute in float32 and round once where the
-PyTorch path rounds after each step, so results differ from it by bf16 rounding. The `*_reference`
-functions below compute what the kernels compute, in PyTorch; a kernel set is used on a device only
-after it matched them there.
+The `*_reference` functions compute what the kernels compute, in PyTorch (float32 throughout, one
+rounding at the output); a kernel set is used on a device only after it matched them there.
 """
 
 import functools
 import math
-from typing import Callable, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from models.kernels import FUSED_DTYPES, check_against_references, first_passing
+from models.attention import attention
+from models.hrm.hrm_act_v1 import HierarchicalReasoningModel_ACTV1Block, HierarchicalReasoningModel_ACTV1ReasoningModule
+from models.kernel_choice import check_against_references
+from models.layers import CosSin
 
 
 class RopeTables(NamedTuple):
@@ -50,22 +50,30 @@ class RopeTables(NamedTuple):
     frequencies: torch.Tensor
 
 
+def rope_inv_freq(head_dim: int, base: float) -> torch.Tensor:
+    """RoPE's inverse frequencies [head_dim / 2], as models.layers.RotaryEmbedding computes them."""
+    return 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+
+
+def rope_positions(batch_size: int, seq_len: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(seq_len, dtype=torch.float32, device=device).repeat(batch_size)
+
+
 def rope_tables(
     inv_freq: Optional[torch.Tensor], batch_size: int, seq_len: int, num_heads: int, head_dim: int, device: torch.device
 ) -> RopeTables:
     """The tables for `batch_size` sequences of `seq_len`; `inv_freq` [head_dim / 2] (None: no RoPE)."""
-    positions = torch.arange(seq_len, dtype=torch.float32, device=device).repeat(batch_size)
     frequencies = torch.zeros(3 * num_heads * head_dim, dtype=torch.float32, device=device)
     if inv_freq is not None:
-        turns = inv_freq.double() / (2 * math.pi)
+        turns = inv_freq.to(device).double() / (2 * math.pi)
         high = turns.float()
         low = (turns - high.double()).float()
         per_head = torch.stack((high, low), dim=-1).reshape(head_dim)
         frequencies[: 2 * num_heads * head_dim] = per_head.repeat(2 * num_heads)
-    return RopeTables(positions, frequencies)
+    return RopeTables(rope_positions(batch_size, seq_len, device), frequencies)
 
 
-def block_supported(hidden_size: int, head_dim: int) -> bool:
+def supported(hidden_size: int, head_dim: int) -> bool:
     """Shapes the kernels take: 16-element-aligned rows, whole rotation pairs; other models keep PyTorch."""
     return hidden_size % 16 == 0 and head_dim % 16 == 0
 
@@ -83,7 +91,7 @@ def interleave_gate_up_weight(weight: torch.Tensor) -> torch.Tensor:
     return torch.stack((gate, up), dim=1).reshape(weight.shape)
 
 
-# What the kernels compute, in PyTorch (float32 throughout, one rounding at the output) -----------
+# What the kernels compute, in PyTorch ---------------------------------------------------------------
 
 
 def rope_qkv_reference(x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor, positions: torch.Tensor, frequencies: torch.Tensor) -> torch.Tensor:
@@ -123,16 +131,16 @@ REFERENCE = BlockKernels(rope_qkv_reference, residual_rms_reference, rstd_swiglu
 # Cached: the ops look their kernel set up on every call, in the step's hot path.
 @functools.cache
 def _quack_kernels() -> BlockKernels:
-    from models.kernels import quack_block
+    from models.fused import quack_block
 
     return BlockKernels(quack_block.rope_qkv, quack_block.residual_rms, quack_block.rstd_swiglu)
 
 
-# In order of preference; each entry builds its kernel set (ImportError: the package is missing).
-BLOCK_KERNELS: dict[str, Callable[[], BlockKernels]] = {"quack": _quack_kernels}
+# Kernel name -> its kernel set, in order of preference (ImportError: the package is missing).
+BLOCK_KERNELS: Dict[str, Callable[[], BlockKernels]] = {"quack": _quack_kernels}
 
 
-def _self_check(build: Callable[[], BlockKernels], device: torch.device, dtype: torch.dtype) -> None:
+def check_kernels(build: Callable[[], BlockKernels], device: torch.device, dtype: torch.dtype) -> None:
     """Build a kernel set, run each kernel once on random inputs of a small block and compare it with its reference."""
     kernels = build()
     generator = torch.Generator(device=device).manual_seed(0)
@@ -144,81 +152,93 @@ def _self_check(build: Callable[[], BlockKernels], device: torch.device, dtype: 
     tokens, hidden, num_heads, head_dim, inner = 300, 128, 2, 64, 192
     x, residual = random(tokens, hidden), random(tokens, hidden)
     rstd = torch.rand(tokens, device=device, generator=generator) + 0.5
-    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
-    tables = rope_tables(inv_freq, 3, 100, num_heads, head_dim, device)
-    cases = {
+    tables = rope_tables(rope_inv_freq(head_dim, 10000.0), 3, 100, num_heads, head_dim, device)
+    check_against_references({
         "rope_qkv": (kernels.rope_qkv, rope_qkv_reference, (x, random(3 * hidden, hidden, scale=hidden**-0.5), rstd, *tables)),
         "residual_rms": (kernels.residual_rms, residual_rms_reference, (x, random(hidden, hidden, scale=hidden**-0.5), residual, rstd, 1e-5)),
         "rstd_swiglu": (kernels.rstd_swiglu, rstd_swiglu_reference, (x, random(2 * inner, hidden, scale=hidden**-0.5), rstd)),
-    }
-    check_against_references(cases)
+    })
 
 
-def choose_block_kernels(device: torch.device, dtype: torch.dtype, kernels: dict[str, Callable[[], BlockKernels]] = BLOCK_KERNELS) -> Optional[str]:
-    """The first kernel set that imports, runs and matches the references on this device, or None."""
-    checks = {name: functools.partial(_self_check, build, device, dtype) for name, build in kernels.items()}
-    return first_passing(checks, "Fused block kernels", device)
-
-
-@functools.cache
-def block_kernel_name(device_type: str, device_index: int, dtype: torch.dtype) -> Optional[str]:
-    """The fused block kernels used on this device and activation dtype; None where none is usable."""
-    if device_type != "cuda" or dtype not in FUSED_DTYPES:
-        return None
-    return choose_block_kernels(torch.device(device_type, device_index), dtype)
-
-
-# torch.compile runs this once while tracing and keeps the answer as a constant.
-@torch.compiler.assume_constant_result
-def block_kernels_usable(device_type: str, device_index: int, dtype: torch.dtype) -> bool:
-    return block_kernel_name(device_type, device_index, dtype) is not None
-
-
-def use_fused_block(hidden_states: torch.Tensor) -> bool:
-    """True on a device where the fused block kernels run correctly for these activations."""
-    if hidden_states.device.type != "cuda":
-        return False
-    return block_kernels_usable(hidden_states.device.type, hidden_states.device.index or 0, hidden_states.dtype)
-
-
-def _kernels_for(x: torch.Tensor) -> BlockKernels:
-    # Off CUDA no kernel is chosen and the model never calls these ops; the CPU tests that call them
-    # get the PyTorch reference.
-    name = block_kernel_name(x.device.type, x.device.index or 0, x.dtype)
-    return BLOCK_KERNELS[name]() if name else REFERENCE
-
-
-# torch custom ops, so torch.compile treats each product as one call.
+# The products as torch custom ops, so torch.compile treats each as one call; `kernels` names the
+# kernel set in BLOCK_KERNELS.
 
 
 @torch.library.custom_op("hrm::rope_qkv", mutates_args=())
-def rope_qkv(x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor, positions: torch.Tensor, frequencies: torch.Tensor) -> torch.Tensor:
+def rope_qkv(x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor, positions: torch.Tensor, frequencies: torch.Tensor, kernels: str) -> torch.Tensor:
     """rope((x @ weight^T) * rstd) for x [tokens, hidden] and the interleaved qkv weight."""
-    return _kernels_for(x).rope_qkv(x, weight, rstd, positions, frequencies)
+    return BLOCK_KERNELS[kernels]().rope_qkv(x, weight, rstd, positions, frequencies)
 
 
 @rope_qkv.register_fake
-def _rope_qkv_shape(x, weight, rstd, positions, frequencies):
+def _rope_qkv_shape(x, weight, rstd, positions, frequencies, kernels):
     return x.new_empty(x.shape[0], weight.shape[0])
 
 
 @torch.library.custom_op("hrm::residual_rms", mutates_args=())
-def residual_rms(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor, residual_rstd: torch.Tensor, eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+def residual_rms(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor, residual_rstd: torch.Tensor, eps: float,
+                 kernels: str) -> Tuple[torch.Tensor, torch.Tensor]:
     """(y, 1 / rms(y)) for y = x @ weight^T + residual * residual_rstd."""
-    return _kernels_for(x).residual_rms(x, weight, residual, residual_rstd, eps)
+    return BLOCK_KERNELS[kernels]().residual_rms(x, weight, residual, residual_rstd, eps)
 
 
 @residual_rms.register_fake
-def _residual_rms_shape(x, weight, residual, residual_rstd, eps):
+def _residual_rms_shape(x, weight, residual, residual_rstd, eps, kernels):
     return x.new_empty(x.shape[0], weight.shape[0]), residual_rstd.new_empty(x.shape[0])
 
 
 @torch.library.custom_op("hrm::rstd_swiglu", mutates_args=())
-def rstd_swiglu(x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
+def rstd_swiglu(x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor, kernels: str) -> torch.Tensor:
     """silu(g) * u for (g, u) = (x @ weight^T) * rstd, with the interleaved gate/up weight."""
-    return _kernels_for(x).rstd_swiglu(x, weight, rstd)
+    return BLOCK_KERNELS[kernels]().rstd_swiglu(x, weight, rstd)
 
 
 @rstd_swiglu.register_fake
-def _rstd_swiglu_shape(x, weight, rstd):
+def _rstd_swiglu_shape(x, weight, rstd, kernels):
     return x.new_empty(x.shape[0], weight.shape[0] // 2)
+
+
+# The module -----------------------------------------------------------------------------------------
+
+
+def block_forward(
+    block: HierarchicalReasoningModel_ACTV1Block, x: torch.Tensor, rstd: torch.Tensor, seq_len: int, tables: RopeTables, kernels: str
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One block in fused epilogues: x [tokens, hidden] arrives before its pending RMSNorm scale rstd
+    [tokens] and the output leaves the same way."""
+    attn, mlp, dtype = block.self_attn, block.mlp, x.dtype
+    qkv_weight = interleave_qkv_weight(attn.qkv_proj.weight.to(dtype), attn.num_heads, attn.head_dim)
+    qkv = rope_qkv(x, qkv_weight, rstd, tables.positions, tables.frequencies, kernels)
+    query, key, value = qkv.view(-1, seq_len, 3 * attn.num_heads, attn.head_dim).split(attn.num_heads, dim=2)
+    attended = attention(query, key, value).reshape(x.shape[0], -1)
+    after_attn, after_attn_rstd = residual_rms(attended, attn.o_proj.weight.to(dtype), x, rstd, block.norm_eps, kernels)
+    inner = rstd_swiglu(after_attn, interleave_gate_up_weight(mlp.gate_up_proj.weight.to(dtype)), after_attn_rstd, kernels)
+    return residual_rms(inner, mlp.down_proj.weight.to(dtype), after_attn, after_attn_rstd, block.norm_eps, kernels)
+
+
+class FusedReasoningModule(HierarchicalReasoningModel_ACTV1ReasoningModule):
+    """A reasoning module whose gradient-free passes run its blocks through `block_forward`, the
+    RMSNorms deferred from block to block; passes with gradient run the module's own forward. It
+    holds the same blocks, so its parameters and state-dict keys are the replaced module's."""
+
+    def __init__(self, module: HierarchicalReasoningModel_ACTV1ReasoningModule, kernels: str, tables: RopeTables):
+        super().__init__(list(module.layers))
+        self.kernels = kernels
+        # Fixed by the model's shape (tables of one training batch), so not saved in checkpoints.
+        self.register_buffer("positions", tables.positions, persistent=False)
+        self.register_buffer("frequencies", tables.frequencies, persistent=False)
+
+    def forward(self, hidden_states: torch.Tensor, input_injection: torch.Tensor, cos_sin: Optional[CosSin]) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return super().forward(hidden_states, input_injection, cos_sin)
+        hidden_states = hidden_states + input_injection
+        batch_size, seq_len, hidden_size = hidden_states.shape
+        rows = batch_size * seq_len
+        # Batches of another size than the training batch (evaluation) get their own positions.
+        positions = self.positions if self.positions.numel() == rows else rope_positions(batch_size, seq_len, hidden_states.device)
+        tables = RopeTables(positions, self.frequencies)
+        x, rstd = hidden_states.reshape(rows, hidden_size), torch.ones(rows, dtype=torch.float32, device=hidden_states.device)
+        for layer in self.layers:
+            x, rstd = block_forward(layer, x, rstd, seq_len, tables, self.kernels)
+        # The last block's RMSNorm, applied as rms_norm rounds it.
+        return (x.float() * rstd[:, None]).to(x.dtype).view(batch_size, seq_len, hidden_size)

@@ -147,6 +147,7 @@ def test_evaluation_tolerance_is_widened_only_where_rounding_dominates():
             assert relative_error(loss, expected["loss"]) <= OUTPUT_TOL, (case, call)
             assert_close(metrics, expected["metrics"], f"{case} eval call {call} metrics")
             assert_close(outputs, expected["outputs"], f"{case} eval call {call} outputs")
+    reference = torch.load(fixture_path("mlp"))
     exact = evaluation_outputs(build_loss_head(reference, "float64"), reference)
     last = reference["eval"][-1]["outputs"]
     assert max(relative_error(exact[-1][2][key], value) for key, value in last.items()) > OUTPUT_TOL

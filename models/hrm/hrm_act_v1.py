@@ -8,7 +8,6 @@ sequence when to stop, with a Q-head trained to predict whether the answer is al
 """
 
 import math
-from dataclasses import dataclass
 from typing import Dict, List, Literal, Optional, Tuple
 
 import torch
@@ -16,8 +15,10 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from torch import nn
 
+from models.act import ACTCarry, ACTWrapper
 from models.common import trunc_normal_init_
 from models.layers import Attention, CastedEmbedding, CastedLinear, CosSin, RotaryEmbedding, SwiGLU, rms_norm
+from models.recurrent_inner import InnerCarry
 from models.sparse_embedding import CastedSparseEmbedding
 
 
@@ -44,6 +45,8 @@ class HierarchicalReasoningModel_ACTV1Config(BaseModel):
 
     halt_max_steps: int
     halt_exploration_prob: float
+    # True: halt on q_halt > 0 alone, without the second segment for the q_continue target (models/act.py).
+    no_ACT_continue: bool = False
 
     forward_dtype: str = "bfloat16"
     # Opt-in fused GPU kernels (models/fused/), which pretrain.py applies to the built model; the model
@@ -86,18 +89,9 @@ class HierarchicalReasoningModel_ACTV1Config(BaseModel):
         return cls(**config_dict)
 
 
-@dataclass
-class HierarchicalReasoningModel_ACTV1InnerCarry:
-    z_H: torch.Tensor
-    z_L: torch.Tensor
-
-
-@dataclass
-class HierarchicalReasoningModel_ACTV1Carry:
-    inner_carry: HierarchicalReasoningModel_ACTV1InnerCarry
-    steps: torch.Tensor  # int32 [batch]: segments run on the current data
-    halted: torch.Tensor  # bool [batch]: finished; replaced by new data at the next call
-    current_data: Dict[str, torch.Tensor]
+# The carries under the original's names.
+HierarchicalReasoningModel_ACTV1InnerCarry = InnerCarry
+HierarchicalReasoningModel_ACTV1Carry = ACTCarry
 
 
 class HierarchicalReasoningModel_ACTV1Block(nn.Module):
@@ -228,61 +222,9 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
         return new_carry, logits, (q_logits[..., 0], q_logits[..., 1])
 
 
-class HierarchicalReasoningModel_ACTV1(nn.Module):
-    """The ACT wrapper: per call, reset finished sequences, run one segment, decide who halts."""
+class HierarchicalReasoningModel_ACTV1(ACTWrapper):
+    """HRM's inner model in the shared ACT wrapper (models/act.py): carry, resets, halting, Q targets."""
 
     def __init__(self, config_dict: dict):
-        super().__init__()
-        self.config = HierarchicalReasoningModel_ACTV1Config.from_dict(config_dict)
-        self.inner = HierarchicalReasoningModel_ACTV1_Inner(self.config)
-
-    @property
-    def puzzle_emb(self) -> CastedSparseEmbedding:
-        return self.inner.puzzle_emb
-
-    def initial_carry(self, batch: Dict[str, torch.Tensor]) -> HierarchicalReasoningModel_ACTV1Carry:
-        batch_size = batch["inputs"].shape[0]
-        device = batch["inputs"].device
-        return HierarchicalReasoningModel_ACTV1Carry(
-            inner_carry=self.inner.empty_carry(batch_size, device),
-            steps=torch.zeros(batch_size, dtype=torch.int32, device=device),
-            # All halted, so the first call loads every sequence from the batch and resets its state.
-            halted=torch.ones(batch_size, dtype=torch.bool, device=device),
-            current_data={k: torch.zeros_like(v) for k, v in batch.items()},
-        )
-
-    def forward(
-        self, carry: HierarchicalReasoningModel_ACTV1Carry, batch: Dict[str, torch.Tensor]
-    ) -> Tuple[HierarchicalReasoningModel_ACTV1Carry, Dict[str, torch.Tensor]]:
-        # Sequences that halted last call start over on the new batch's rows.
-        halted = carry.halted
-        inner_carry = self.inner.reset_carry(halted, carry.inner_carry)
-        steps = torch.where(halted, 0, carry.steps)
-        current_data = {k: torch.where(halted.view((-1,) + (1,) * (v.ndim - 1)), batch[k], v) for k, v in carry.current_data.items()}
-
-        inner_carry, logits, (q_halt_logits, q_continue_logits) = self.inner(inner_carry, current_data)
-        outputs = {"logits": logits, "q_halt_logits": q_halt_logits, "q_continue_logits": q_continue_logits}
-
-        with torch.no_grad():
-            steps = steps + 1
-            is_last_step = steps >= self.config.halt_max_steps
-            halted = is_last_step
-
-            # Eval runs every sequence for halt_max_steps segments, so batches stay aligned.
-            if self.training and self.config.halt_max_steps > 1:
-                halted = halted | (q_halt_logits > q_continue_logits)
-
-                # Exploration: with probability halt_exploration_prob, a sequence must run for at
-                # least a random number of steps in [2, halt_max_steps].
-                explore = torch.rand_like(q_halt_logits) < self.config.halt_exploration_prob
-                min_halt_steps = explore * torch.randint_like(steps, low=2, high=self.config.halt_max_steps + 1)
-                halted = halted & (steps >= min_halt_steps)
-
-                # Q-learning target for "continue": the value of the next segment's best action,
-                # from one more (gradient-free) segment on the new carry.
-                _, _, (next_q_halt, next_q_continue) = self.inner(inner_carry, current_data)
-                outputs["target_q_continue"] = torch.sigmoid(
-                    torch.where(is_last_step, next_q_halt, torch.maximum(next_q_halt, next_q_continue))
-                )
-
-        return HierarchicalReasoningModel_ACTV1Carry(inner_carry, steps, halted, current_data), outputs
+        config = HierarchicalReasoningModel_ACTV1Config.from_dict(config_dict)
+        super().__init__(config, HierarchicalReasoningModel_ACTV1_Inner(config))

@@ -379,6 +379,7 @@ def write_arc_split(dataset_dir, split, tasks, plans, puzzle_identifiers, num_id
             num_puzzle_identifiers=num_identifiers,
             total_groups=len(members),
             mean_puzzle_examples=num_examples / num_puzzles if num_puzzles else 0.0,
+            total_puzzles=num_puzzles,
             sets=["all"],
         ),
     )

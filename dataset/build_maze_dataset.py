@@ -64,7 +64,7 @@ def load_maze_csv(path: str) -> PuzzleCSV:
     return table
 
 
-def maze_metadata(side: int, num_groups: int) -> PuzzleDatasetMetadata:
+def maze_metadata(side: int, num_groups: int, num_puzzles: int) -> PuzzleDatasetMetadata:
     return PuzzleDatasetMetadata(
         pad_id=0,
         ignore_label_id=0,
@@ -74,6 +74,7 @@ def maze_metadata(side: int, num_groups: int) -> PuzzleDatasetMetadata:
         num_puzzle_identifiers=1,
         total_groups=num_groups,
         mean_puzzle_examples=1,
+        total_puzzles=num_puzzles,
         sets=["all"],
     )
 
@@ -94,7 +95,7 @@ def write_maze_split(dataset_dir: str, split: str, questions: np.ndarray, answer
     arrays["puzzle_indices"] = np.arange(num_examples + 1)  # one example per puzzle
     arrays["group_indices"] = np.arange(0, num_examples + 1, len(transform_ids))
     save_set_arrays(dataset_dir, split, "all", arrays)
-    write_split_metadata(dataset_dir, split, maze_metadata(side, num_mazes))
+    write_split_metadata(dataset_dir, split, maze_metadata(side, num_groups=num_mazes, num_puzzles=num_examples))
 
 
 def build_maze_dataset(config: MazeBuildConfig) -> None:

@@ -170,7 +170,7 @@ def apply_sudoku_transforms(grids: np.ndarray, source_cells: np.ndarray, digit_t
     return np.take_along_axis(digit_tokens, moved.astype(np.intp), axis=1)
 
 
-def sudoku_metadata(num_groups: int) -> PuzzleDatasetMetadata:
+def sudoku_metadata(num_groups: int, num_puzzles: int) -> PuzzleDatasetMetadata:
     return PuzzleDatasetMetadata(
         pad_id=0,
         ignore_label_id=0,
@@ -180,6 +180,7 @@ def sudoku_metadata(num_groups: int) -> PuzzleDatasetMetadata:
         num_puzzle_identifiers=1,
         total_groups=num_groups,
         mean_puzzle_examples=1,
+        total_puzzles=num_puzzles,
         sets=["all"],
     )
 
@@ -219,7 +220,7 @@ def write_sudoku_split(dataset_dir: str, split: str, puzzles: SudokuPuzzles, num
             "group_indices": np.arange(0, num_examples + 1, copies),  # a puzzle and its copies
         },
     )
-    write_split_metadata(dataset_dir, split, sudoku_metadata(num_puzzles))
+    write_split_metadata(dataset_dir, split, sudoku_metadata(num_groups=num_puzzles, num_puzzles=num_examples))  # one example per puzzle
 
 
 def build_sudoku_dataset(config: SudokuBuildConfig) -> None:

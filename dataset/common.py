@@ -55,6 +55,10 @@ class PuzzleDatasetMetadata(BaseModel):
     num_puzzle_identifiers: int = Field(ge=1)
     total_groups: int = Field(ge=0)
     mean_puzzle_examples: float = Field(ge=0, allow_inf_nan=False)
+    # TRM's field (its loader requires it); datasets built before it lack it. The loader counts the
+    # puzzles in the arrays instead of reading it: TRM's own Sudoku and Maze builders write their
+    # group count here.
+    total_puzzles: Optional[int] = Field(None, ge=0)
     sets: List[str] = Field(min_length=1)
 
     @field_validator("sets")

@@ -81,7 +81,7 @@ def test_exact_arrays_identifiers_and_metadata(tmp_path):
     assert_int32_fields(out, "train", {"puzzle_identifiers": [1, 2], "puzzle_indices": [0, 1, 3], "group_indices": [0, 1, 2]})
     assert load_json(out, "train", "dataset.json") == {
         "pad_id": 0, "ignore_label_id": 0, "blank_identifier_id": 0, "vocab_size": 12, "seq_len": 900,
-        "num_puzzle_identifiers": 3, "total_groups": 2, "mean_puzzle_examples": 1.5, "sets": ["all"],
+        "num_puzzle_identifiers": 3, "total_groups": 2, "mean_puzzle_examples": 1.5, "total_puzzles": 2, "sets": ["all"],
     }
 
 

@@ -40,7 +40,7 @@ def test_exact_arrays_and_metadata(tmp_path):
     assert_int32_fields(out, "train", {"puzzle_identifiers": [0, 0], "puzzle_indices": [0, 1, 2], "group_indices": [0, 1, 2]})
     assert load_json(out, "test", "dataset.json") == {
         "pad_id": 0, "ignore_label_id": 0, "blank_identifier_id": 0, "vocab_size": 6, "seq_len": 9,
-        "num_puzzle_identifiers": 1, "total_groups": 1, "mean_puzzle_examples": 1.0, "sets": ["all"],
+        "num_puzzle_identifiers": 1, "total_groups": 1, "mean_puzzle_examples": 1.0, "total_puzzles": 1, "sets": ["all"],
     }
     assert load_json(out, "identifiers.json") == ["<blank>"]
 
@@ -49,6 +49,7 @@ def test_aug_adds_exactly_the_eight_dihedral_images(tmp_path):
     out = build(tiny_source(tmp_path), tmp_path / "out", aug=True)
     np.testing.assert_array_equal(load_field(out, "train", "group_indices"), [0, 8, 16])
     np.testing.assert_array_equal(load_field(out, "train", "puzzle_indices"), np.arange(17))
+    assert load_json(out, "train", "dataset.json")["total_puzzles"] == 16, "every image is a puzzle"
     inputs = load_field(out, "train", "inputs").reshape(2, 8, 3, 3)
     labels = load_field(out, "train", "labels").reshape(2, 8, 3, 3)
     maze = np.array(tokens(MAZE_A)).reshape(3, 3)

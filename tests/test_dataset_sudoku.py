@@ -55,7 +55,7 @@ def test_exact_arrays_and_metadata_without_augmentation(tmp_path):
     np.testing.assert_array_equal(load_field(out, "test", "group_indices"), [0, 1])
     assert load_json(out, "train", "dataset.json") == {
         "pad_id": 0, "ignore_label_id": 0, "blank_identifier_id": 0, "vocab_size": 11, "seq_len": 81,
-        "num_puzzle_identifiers": 1, "total_groups": 2, "mean_puzzle_examples": 1.0, "sets": ["all"],
+        "num_puzzle_identifiers": 1, "total_groups": 2, "mean_puzzle_examples": 1.0, "total_puzzles": 2, "sets": ["all"],
     }
     assert load_json(out, "identifiers.json") == ["<blank>"]
     assert sorted(os.listdir(os.path.join(out, "train"))) == sorted(
@@ -68,6 +68,7 @@ def test_augmented_copies_are_valid_puzzles_consistent_with_their_givens(tmp_pat
     inputs, labels = load_field(out, "train", "inputs").astype(int) - 1, load_field(out, "train", "labels").astype(int) - 1
     np.testing.assert_array_equal(load_field(out, "train", "group_indices"), np.arange(0, 40 * (num_aug + 1) + 1, num_aug + 1))
     assert inputs.shape == (40 * (num_aug + 1), 81)
+    assert load_json(out, "train", "dataset.json")["total_puzzles"] == 40 * (num_aug + 1), "every copy is a puzzle"
     assert is_valid_solution(labels).all()
     assert np.all((inputs == 0) | (inputs == labels)), "a given contradicts its solution"
     groups_inputs = inputs.reshape(40, num_aug + 1, 81)

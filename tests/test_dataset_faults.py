@@ -193,7 +193,7 @@ def test_a_full_disk_writing_the_identifiers_is_reported(tmp_path, monkeypatch):
         return open_filling(path, *arguments, **keywords)
 
     monkeypatch.setattr(common, "open", filled_up_at_identifiers, raising=False)
-    with pytest.raises(DatasetError, match=r"^no space left on the device for --output-dir .*out: identifiers.json needs 4,811 bytes after 3,218,888 bytes of other files"):
+    with pytest.raises(DatasetError, match=r"^no space left on the device for --output-dir .*out: identifiers.json needs 4,811 bytes after 3,218,932 bytes of other files"):
         build_arc_dataset(ArcBuildConfig(dataset_dirs=[ARC_EVALUATION], output_dir=output, num_aug=0))
     assert os.listdir(tmp_path) == []
 

@@ -2,13 +2,19 @@
 
 Every rank builds the same global batch from the same seeded RNG and keeps its own slice
 `[rank * local : (rank + 1) * local]`, so the slices of all ranks together are the 1-rank batch.
+
+Several dataset folders (TRM's `data_paths`) are read as one dataset, as TRM does: their metadata
+must agree, each global batch comes from one folder, the folders of each set follow one another
+(set-major) with one RNG counter, and the puzzle embedding table has room for all their identifiers.
+Unlike TRM, folder k's identifiers are shifted past those of folders 0..k-1, so puzzles of
+different folders never share an embedding row.
 """
 
 import json
 import math
 import os
 import shlex
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pydantic
@@ -21,14 +27,30 @@ from models.losses import IGNORE_LABEL_ID  # the loader turns the dataset's `ign
 RANGE_CHECK_BLOCK_BYTES = 16 << 20
 
 
+# What folders read as one dataset must share (they form one batch stream and one model).
+SHARED_METADATA_FIELDS = ("seq_len", "vocab_size", "pad_id", "ignore_label_id", "blank_identifier_id", "sets")
+
+
 class PuzzleDatasetConfig(pydantic.BaseModel):
     seed: int
-    dataset_path: str
+    dataset_paths: List[str] = pydantic.Field(min_length=1)  # folders read as one dataset, in this order
     global_batch_size: int
     test_set_mode: bool
     epochs_per_iter: int  # epochs per call of __iter__ in training mode
     rank: int
     num_replicas: int
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _one_dataset_path(cls, values):
+        """HRM's spelling: dataset_path=X is dataset_paths=[X]."""
+        if isinstance(values, dict) and "dataset_path" in values:
+            values = dict(values)
+            path = values.pop("dataset_path")
+            if values.setdefault("dataset_paths", [path]) != [path]:
+                raise ValueError(f"dataset_path={path!r} and dataset_paths={values['dataset_paths']} disagree: give one of them")
+            values["dataset_paths"] = [path]
+        return values
 
 
 def _inconsistent(path: str, problem: str) -> DatasetError:
@@ -104,48 +126,26 @@ class _SetArrays:
         return len(self.group_indices) - 1
 
 
-class PuzzleDataset(torch.utils.data.IterableDataset):
-    """Yields `(set_name, batch, effective_global_batch_size)`; batch holds int32 tensors
-    `inputs` and `labels` [local_batch, seq_len] and `puzzle_identifiers` [local_batch]."""
+class _SplitFolder:
+    """One split of one dataset folder: its dataset.json and the arrays of each set, checked on open."""
 
-    def __init__(self, config: PuzzleDatasetConfig, split: str = "train"):
-        super().__init__()
-        self.config = config
-        self.split = split
-        self._check_batch_size()
-        self.local_batch_size = config.global_batch_size // config.num_replicas
+    def __init__(self, dataset_path: str, split: str, config: PuzzleDatasetConfig):
+        self.dataset_path = dataset_path
+        self.split_dir = os.path.join(dataset_path, split)
+        self.metadata_path = os.path.join(self.split_dir, "dataset.json")
         self.metadata = self._load_metadata()
-        self._sets = {set_name: _SetArrays(self._split_dir, set_name) for set_name in self.metadata.sets}
-        self._check_arrays()
-        # Training position: iterations completed, and the index of the next batch in the current one.
-        self._iteration = 0
-        self._batch_index = 0
-
-    # -- opening and validation ---------------------------------------------------------------
-
-    @property
-    def _split_dir(self) -> str:
-        return os.path.join(self.config.dataset_path, self.split)
-
-    def _check_batch_size(self) -> None:
-        config = self.config
-        if config.num_replicas < 1 or not 0 <= config.rank < config.num_replicas:
-            raise DatasetError(f"rank {config.rank} is not in 0..{config.num_replicas - 1} (num_replicas={config.num_replicas})")
-        if config.global_batch_size < 1 or config.global_batch_size % config.num_replicas != 0:
-            raise DatasetError(
-                f"global_batch_size={config.global_batch_size} must be a positive multiple of the world size "
-                f"{config.num_replicas}: choose e.g. global_batch_size="
-                f"{max(1, round(config.global_batch_size / config.num_replicas)) * config.num_replicas}"
-            )
-        if config.epochs_per_iter < 1:
-            raise DatasetError(f"epochs_per_iter={config.epochs_per_iter} must be at least 1")
+        self.sets = {set_name: _SetArrays(self.split_dir, set_name) for set_name in self.metadata.sets}
+        self.num_puzzles = self._check_arrays()
+        if not config.test_set_mode:
+            self._check_a_batch_fits(config.global_batch_size, config.epochs_per_iter)
+        self._check_token_values()
 
     def _load_metadata(self) -> PuzzleDatasetMetadata:
-        path = os.path.join(self._split_dir, "dataset.json")
+        path = self.metadata_path
         if not os.path.isfile(path):
             raise FileNotFoundError(
-                f"{path} not found: the dataset folder (data_path) must be one built by dataset/build_*_dataset.py "
-                f"(holding {self.split}/dataset.json)" + self._set_aside_hint()
+                f"{path} not found: a dataset folder (data_paths) must be one built by dataset/build_*_dataset.py "
+                f"(holding {os.path.basename(self.split_dir)}/dataset.json)" + self._set_aside_hint()
             )
         try:
             with open(path, "rb") as metadata_file:
@@ -165,7 +165,7 @@ class PuzzleDataset(torch.utils.data.IterableDataset):
 
     def _set_aside_hint(self) -> str:
         """Where a killed replace (without an atomic swap) left the dataset that was under this name."""
-        dataset_path = os.path.normpath(self.config.dataset_path)
+        dataset_path = os.path.normpath(self.dataset_path)
         if os.path.lexists(dataset_path):
             return ""
         set_aside = [leftover.path for leftover in find_build_leftovers(dataset_path) if leftover.kind == SET_ASIDE]
@@ -176,11 +176,10 @@ class PuzzleDataset(torch.utils.data.IterableDataset):
             f"(it puts it back first), or: mv {shlex.quote(set_aside[-1])} {shlex.quote(dataset_path)}"
         )
 
-    def _check_arrays(self) -> None:
-        """Check dataset.json against the arrays: shapes and counts, offsets, identifier and token
-        ranges (the only pass over the large memory-mapped arrays, reading each once)."""
-        metadata = self.metadata
-        metadata_path = os.path.join(self._split_dir, "dataset.json")
+    def _check_arrays(self) -> int:
+        """Check dataset.json against the arrays' shapes, counts, offsets and identifier ranges;
+        return the number of puzzles."""
+        metadata, metadata_path = self.metadata, self.metadata_path
         if metadata.pad_id >= metadata.vocab_size:
             raise _inconsistent(metadata_path, f"pad_id={metadata.pad_id} is not below vocab_size={metadata.vocab_size}")
         if metadata.blank_identifier_id >= metadata.num_puzzle_identifiers:
@@ -189,16 +188,16 @@ class PuzzleDataset(torch.utils.data.IterableDataset):
             )
 
         total_groups = total_puzzles = total_examples = 0
-        for arrays in self._sets.values():
+        for arrays in self.sets.values():
             for field in ("inputs", "labels"):
                 array = getattr(arrays, field)
                 if array.ndim != 2 or array.shape[1] != metadata.seq_len:
                     raise _inconsistent(arrays.paths[field], f"shape {array.shape} disagrees with seq_len={metadata.seq_len} in {metadata_path}")
             if arrays.labels.shape != arrays.inputs.shape:
                 raise _inconsistent(arrays.paths["labels"], f"shape {arrays.labels.shape} differs from inputs {arrays.inputs.shape}")
-            self._check_offsets(arrays.paths["puzzle_indices"], arrays.puzzle_indices, arrays.num_examples, "examples")
+            _check_offsets(arrays.paths["puzzle_indices"], arrays.puzzle_indices, arrays.num_examples, "examples")
             num_puzzles = len(arrays.puzzle_indices) - 1
-            self._check_offsets(arrays.paths["group_indices"], arrays.group_indices, num_puzzles, "puzzles")
+            _check_offsets(arrays.paths["group_indices"], arrays.group_indices, num_puzzles, "puzzles")
             identifiers = arrays.puzzle_identifiers
             if identifiers.shape != (num_puzzles,):
                 raise _inconsistent(arrays.paths["puzzle_identifiers"], f"shape {identifiers.shape}, expected ({num_puzzles},): one per puzzle")
@@ -217,36 +216,107 @@ class PuzzleDataset(torch.utils.data.IterableDataset):
         mean_examples = total_examples / total_puzzles if total_puzzles else 0.0
         if not np.isclose(mean_examples, metadata.mean_puzzle_examples, rtol=1e-6, atol=1e-9):
             raise _inconsistent(metadata_path, f"mean_puzzle_examples={metadata.mean_puzzle_examples} but the arrays hold {mean_examples}")
-        if not self.config.test_set_mode:
-            self._check_a_batch_fits()
-        vocabulary = f"vocab_size={metadata.vocab_size} in {metadata_path}"
-        for arrays in self._sets.values():
+        return total_puzzles
+
+    def _check_a_batch_fits(self, global_batch_size: int, epochs_per_iter: int) -> None:
+        """Training drops incomplete batches: refuse a batch size no iteration can ever fill."""
+        for set_name, arrays in self.sets.items():
+            puzzle_sizes = np.diff(arrays.puzzle_indices)
+            largest_per_group = np.maximum.reduceat(puzzle_sizes, arrays.group_indices[:-1]) if arrays.num_groups else puzzle_sizes
+            most_examples = int(largest_per_group.sum()) * epochs_per_iter
+            if most_examples < global_batch_size:
+                raise DatasetError(
+                    f"global_batch_size={global_batch_size} is larger than the at most {most_examples} examples "
+                    f"that one iteration ({epochs_per_iter} epochs) of set '{set_name}' in {self.split_dir} "
+                    f"yields, so training would get no batch: lower global_batch_size or raise epochs_per_iter"
+                )
+
+    def _check_token_values(self) -> None:
+        """Token ranges: the only pass over the large memory-mapped arrays, reading each once."""
+        metadata = self.metadata
+        vocabulary = f"vocab_size={metadata.vocab_size} in {self.metadata_path}"
+        for arrays in self.sets.values():
             _check_values(arrays.paths["inputs"], arrays.inputs, metadata.vocab_size - 1, None, vocabulary)
             _check_values(arrays.paths["labels"], arrays.labels, metadata.vocab_size - 1, metadata.ignore_label_id,
                           f"{vocabulary}, and not ignore_label_id={metadata.ignore_label_id}")
 
-    def _check_a_batch_fits(self) -> None:
-        """Training drops incomplete batches: refuse a batch size no iteration can ever fill."""
-        for set_name, arrays in self._sets.items():
-            puzzle_sizes = np.diff(arrays.puzzle_indices)
-            largest_per_group = np.maximum.reduceat(puzzle_sizes, arrays.group_indices[:-1]) if arrays.num_groups else puzzle_sizes
-            most_examples = int(largest_per_group.sum()) * self.config.epochs_per_iter
-            if most_examples < self.config.global_batch_size:
-                raise DatasetError(
-                    f"global_batch_size={self.config.global_batch_size} is larger than the at most {most_examples} examples "
-                    f"that one iteration ({self.config.epochs_per_iter} epochs) of set '{set_name}' in {self._split_dir} "
-                    f"yields, so training would get no batch: lower global_batch_size or raise epochs_per_iter"
-                )
 
-    @staticmethod
-    def _check_offsets(path: str, offsets: np.ndarray, total: int, what: str) -> None:
-        """CSR offsets: int, start at 0, end at `total`, every entry (puzzle or group) non-empty."""
-        if offsets.ndim != 1 or offsets.size < 1 or not np.issubdtype(offsets.dtype, np.integer):
-            raise _inconsistent(path, f"expected a 1-D integer array of offsets, got {offsets.dtype} {offsets.shape}")
-        if offsets[0] != 0 or offsets[-1] != total:
-            raise _inconsistent(path, f"offsets run {offsets[0]}..{offsets[-1]}, expected 0..{total} ({what})")
-        if np.any(np.diff(offsets) <= 0):
-            raise _inconsistent(path, f"offsets must be strictly increasing (every entry holds at least one of its {what})")
+def _check_offsets(path: str, offsets: np.ndarray, total: int, what: str) -> None:
+    """CSR offsets: int, start at 0, end at `total`, every entry (puzzle or group) non-empty."""
+    if offsets.ndim != 1 or offsets.size < 1 or not np.issubdtype(offsets.dtype, np.integer):
+        raise _inconsistent(path, f"expected a 1-D integer array of offsets, got {offsets.dtype} {offsets.shape}")
+    if offsets[0] != 0 or offsets[-1] != total:
+        raise _inconsistent(path, f"offsets run {offsets[0]}..{offsets[-1]}, expected 0..{total} ({what})")
+    if np.any(np.diff(offsets) <= 0):
+        raise _inconsistent(path, f"offsets must be strictly increasing (every entry holds at least one of its {what})")
+
+
+def check_same_format(first_path: str, first: PuzzleDatasetMetadata, other_path: str, other: PuzzleDatasetMetadata,
+                      fields=SHARED_METADATA_FIELDS, why: str = "folders read as one dataset") -> None:
+    """Refuse two datasets (metadata read from the named files) that differ in one of `fields`."""
+    for field in fields:
+        value, other_value = getattr(first, field), getattr(other, field)
+        if value != other_value:
+            raise DatasetError(
+                f"{first_path} has {field}={value} but {other_path} has {field}={other_value}: {why} must agree on "
+                f"{', '.join(fields)}; choose datasets built by the same builder"
+            )
+
+
+def merged_metadata(folders: List[_SplitFolder]) -> PuzzleDatasetMetadata:
+    """The metadata of folders read as one: counts and identifiers added up, mean_puzzle_examples
+    weighted by each folder's puzzle count (as TRM weighs it by total_puzzles). One folder's is its own."""
+    first = folders[0]
+    total_puzzles = sum(folder.num_puzzles for folder in folders)
+    if len(folders) == 1:
+        return first.metadata.model_copy(update={"total_puzzles": total_puzzles})
+    for folder in folders[1:]:
+        check_same_format(first.metadata_path, first.metadata, folder.metadata_path, folder.metadata)
+    weighted_examples = sum(folder.metadata.mean_puzzle_examples * folder.num_puzzles for folder in folders)
+    return first.metadata.model_copy(update=dict(
+        num_puzzle_identifiers=sum(folder.metadata.num_puzzle_identifiers for folder in folders),
+        total_groups=sum(folder.metadata.total_groups for folder in folders),
+        mean_puzzle_examples=weighted_examples / total_puzzles if total_puzzles else 0.0,
+        total_puzzles=total_puzzles,
+    ))
+
+
+class PuzzleDataset(torch.utils.data.IterableDataset):
+    """Yields `(set_name, batch, effective_global_batch_size)`; batch holds int32 tensors
+    `inputs` and `labels` [local_batch, seq_len] and `puzzle_identifiers` [local_batch]."""
+
+    def __init__(self, config: PuzzleDatasetConfig, split: str = "train"):
+        super().__init__()
+        self.config = config
+        self.split = split
+        self._check_batch_size()
+        self.local_batch_size = config.global_batch_size // config.num_replicas
+        self._folders = [_SplitFolder(path, split, config) for path in config.dataset_paths]
+        self.metadata = merged_metadata(self._folders)
+        # Folder k's identifiers are shifted by the identifiers of the folders before it.
+        self.identifier_offsets = [int(offset) for offset in np.cumsum([0] + [folder.metadata.num_puzzle_identifiers for folder in self._folders[:-1]])]
+        # Batches are drawn from one (set, folder) part at a time, in this order.
+        self._parts = [(set_name, index) for set_name in self.metadata.sets for index in range(len(self._folders))]
+        # Training position: iterations completed, and the index of the next batch in the current one.
+        self._iteration = 0
+        self._batch_index = 0
+
+    def _check_batch_size(self) -> None:
+        config = self.config
+        if config.num_replicas < 1 or not 0 <= config.rank < config.num_replicas:
+            raise DatasetError(f"rank {config.rank} is not in 0..{config.num_replicas - 1} (num_replicas={config.num_replicas})")
+        if config.global_batch_size < 1 or config.global_batch_size % config.num_replicas != 0:
+            raise DatasetError(
+                f"global_batch_size={config.global_batch_size} must be a positive multiple of the world size "
+                f"{config.num_replicas}: choose e.g. global_batch_size="
+                f"{max(1, round(config.global_batch_size / config.num_replicas)) * config.num_replicas}"
+            )
+        if config.epochs_per_iter < 1:
+            raise DatasetError(f"epochs_per_iter={config.epochs_per_iter} must be at least 1")
+
+    def metadata_path(self, index: int = 0) -> str:
+        """The dataset.json of folder `index` (for messages that name a dataset)."""
+        return self._folders[index].metadata_path
 
     # -- state -------------------------------------------------------------------------------
 
@@ -265,11 +335,16 @@ class PuzzleDataset(torch.utils.data.IterableDataset):
             return self._iter_test()
         return self._iter_train()
 
-    def _collate(self, arrays: _SetArrays, example_indices: np.ndarray, puzzle_indices: np.ndarray) -> Dict[str, torch.Tensor]:
+    def _part_arrays(self, part_index: int) -> Tuple[str, _SetArrays, int]:
+        """Set name, arrays and identifier offset of one (set, folder) part."""
+        set_name, folder_index = self._parts[part_index]
+        return set_name, self._folders[folder_index].sets[set_name], self.identifier_offsets[folder_index]
+
+    def _collate(self, arrays: _SetArrays, example_indices: np.ndarray, puzzle_indices: np.ndarray, identifier_offset: int) -> Dict[str, torch.Tensor]:
         """Gather one local batch as int32 tensors; ignored labels become -100; pad a short batch."""
         inputs = arrays.inputs[example_indices].astype(np.int32)
         labels = arrays.labels[example_indices].astype(np.int32)
-        identifiers = arrays.puzzle_identifiers[puzzle_indices].astype(np.int32)
+        identifiers = arrays.puzzle_identifiers[puzzle_indices].astype(np.int32) + identifier_offset
         if self.metadata.ignore_label_id is not None:
             labels[labels == self.metadata.ignore_label_id] = IGNORE_LABEL_ID
         pad = self.local_batch_size - len(example_indices)
@@ -287,25 +362,26 @@ class PuzzleDataset(torch.utils.data.IterableDataset):
         return slice(self.config.rank * self.local_batch_size, (self.config.rank + 1) * self.local_batch_size)
 
     def _iter_test(self):
-        """Every example once, in order; the last global batch is padded, its true size reported."""
+        """Every example once, in order; the last global batch of each part is padded, its true size reported."""
         global_batch_size = self.config.global_batch_size
-        for set_name, arrays in self._sets.items():
+        for part_index in range(len(self._parts)):
+            set_name, arrays, identifier_offset = self._part_arrays(part_index)
             for start in range(0, arrays.num_examples, global_batch_size):
                 stop = min(start + global_batch_size, arrays.num_examples)
                 local = self._local_slice()
                 example_indices = np.arange(start, stop)[local]
                 puzzle_indices = np.searchsorted(arrays.puzzle_indices, example_indices, side="right") - 1
-                yield set_name, self._collate(arrays, example_indices, puzzle_indices), stop - start
+                yield set_name, self._collate(arrays, example_indices, puzzle_indices, identifier_offset), stop - start
 
-    def _train_batches(self, set_index: int, arrays: _SetArrays) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
-        """Global batches (example indices, puzzle indices) of one set for the current iteration.
+    def _train_batches(self, part_index: int, arrays: _SetArrays) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+        """Global batches (example indices, puzzle indices) of one part for the current iteration.
 
         As the original: the RNG is Philox seeded with seed + a counter that starts at 1 and
-        advances once per set per iteration; group order is one permutation per epoch; each group
+        advances once per part per iteration; group order is one permutation per epoch; each group
         contributes one random puzzle and up to the remaining room of its examples, drawn without
         replacement; the last incomplete batch is dropped.
         """
-        counter = self._iteration * len(self._sets) + set_index + 1
+        counter = self._iteration * len(self._parts) + part_index + 1
         rng = np.random.Generator(np.random.Philox(seed=self.config.seed + counter))
         group_order = np.concatenate([rng.permutation(arrays.num_groups) for _ in range(self.config.epochs_per_iter)])
         global_batch_size = self.config.global_batch_size
@@ -331,11 +407,13 @@ class PuzzleDataset(torch.utils.data.IterableDataset):
             yield np.concatenate(example_parts), np.concatenate(puzzle_parts)
 
     def _iter_train(self):
-        """One iteration (`epochs_per_iter` epochs of every set), resuming at the saved batch index."""
+        """One iteration (`epochs_per_iter` epochs of every part), resuming at the saved batch index."""
         iteration = self._iteration
         batch_index = 0
-        for set_index, (set_name, arrays) in enumerate(self._sets.items()):
-            batches = self._train_batches(set_index, arrays)
+        last_part = len(self._parts) - 1
+        for part_index in range(len(self._parts)):
+            set_name, arrays, identifier_offset = self._part_arrays(part_index)
+            batches = self._train_batches(part_index, arrays)
             upcoming = next(batches, None)
             while upcoming is not None:
                 example_indices, puzzle_indices = upcoming
@@ -343,8 +421,8 @@ class PuzzleDataset(torch.utils.data.IterableDataset):
                 upcoming = next(batches, None)
                 if batch_index >= self._batch_index:
                     local = self._local_slice()
-                    batch = self._collate(arrays, example_indices[local], puzzle_indices[local])
-                    if upcoming is None and set_index == len(self._sets) - 1:
+                    batch = self._collate(arrays, example_indices[local], puzzle_indices[local], identifier_offset)
+                    if upcoming is None and part_index == last_part:
                         self._iteration, self._batch_index = iteration + 1, 0
                     else:
                         self._batch_index = batch_index + 1

@@ -3,13 +3,14 @@ rank slices, resumable position."""
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
 import torch
 
 from dataset.build_maze_dataset import MazeBuildConfig, build_maze_dataset
-from dataset.common import PuzzleDatasetMetadata, save_set_arrays, write_json, write_split_metadata
+from dataset.common import DatasetError, PuzzleDatasetMetadata, save_set_arrays, write_json, write_split_metadata
 from puzzle_dataset import IGNORE_LABEL_ID, PuzzleDataset, PuzzleDatasetConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,32 +24,34 @@ def puzzle_sizes_and_groups(puzzles_per_group):
     return puzzle_sizes, np.concatenate([[0], np.cumsum(puzzles_per_group)])
 
 
-def write_dataset(root, puzzles_per_group=(1, 2, 3, 1, 2, 3, 1), **metadata_overrides):
-    """Example i has inputs [i+1, i+1, i+1, i+1] and labels [0, i+1, 0, i+1] (0 = ignored);
-    puzzle p has identifier p + 1. Both splits are identical."""
+def write_dataset(root, puzzles_per_group=(1, 2, 3, 1, 2, 3, 1), first_value=1, columns=SEQ_LEN, set_name="all", **metadata_overrides):
+    """Example i has inputs [i+v, i+v, ...] and labels [0, i+v, 0, i+v, ...] (0 = ignored; v =
+    first_value; `columns` tokens each); puzzle p has identifier p + 1. Both splits are identical."""
     puzzle_sizes, group_indices = puzzle_sizes_and_groups(puzzles_per_group)
     num_examples = sum(puzzle_sizes)
-    values = np.arange(1, num_examples + 1, dtype=np.uint8)[:, None]
+    values = np.arange(first_value, first_value + num_examples, dtype=np.uint8)[:, None]
     arrays = {
-        "inputs": np.repeat(values, SEQ_LEN, axis=1),
-        "labels": np.concatenate([np.zeros_like(values), values] * (SEQ_LEN // 2), axis=1),
+        "inputs": np.repeat(values, columns, axis=1),
+        "labels": np.concatenate([np.zeros_like(values), values] * (columns // 2), axis=1),
         "puzzle_identifiers": np.arange(1, len(puzzle_sizes) + 1),
         "puzzle_indices": np.concatenate([[0], np.cumsum(puzzle_sizes)]),
         "group_indices": group_indices,
     }
-    metadata = dict(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=256, seq_len=SEQ_LEN,
+    metadata = dict(pad_id=0, ignore_label_id=0, blank_identifier_id=0, vocab_size=256, seq_len=columns,
                     num_puzzle_identifiers=len(puzzle_sizes) + 1, total_groups=len(puzzles_per_group),
-                    mean_puzzle_examples=num_examples / len(puzzle_sizes), sets=["all"])
+                    mean_puzzle_examples=num_examples / len(puzzle_sizes), sets=[set_name])
     metadata.update(metadata_overrides)
     for split in ("train", "test"):
-        save_set_arrays(str(root), split, "all", arrays)
+        save_set_arrays(str(root), split, set_name, arrays)
         write_split_metadata(str(root), split, PuzzleDatasetMetadata(**metadata))
     write_json(os.path.join(root, "identifiers.json"), ["<blank>"] + [f"p{index}" for index in range(len(puzzle_sizes))])
     return str(root), arrays
 
 
 def make(path, split="train", **overrides):
-    config = dict(seed=0, dataset_path=path, global_batch_size=4, test_set_mode=split == "test", epochs_per_iter=1, rank=0, num_replicas=1)
+    """A loader of one folder (`path` a string, HRM's dataset_path) or of several (a list)."""
+    paths = {"dataset_paths": path} if isinstance(path, list) else {"dataset_path": path}
+    config = dict(seed=0, **paths, global_batch_size=4, test_set_mode=split == "test", epochs_per_iter=1, rank=0, num_replicas=1)
     config.update(overrides)
     return PuzzleDataset(PuzzleDatasetConfig(**config), split=split)
 
@@ -162,9 +165,18 @@ def test_one_example_puzzles_follow_the_original_sampling_order(tmp_path):
     np.testing.assert_array_equal(torch.cat([example_ids(batch) for _, batch, _ in batches]), expected)
 
 
+def one_or_two_folders(tmp_path, folders):
+    """One dataset folder, or two (the second: 2 groups of 2 puzzles, inputs from 101)."""
+    path, _ = write_dataset(tmp_path / "a")
+    if folders == 1:
+        return path
+    return [path, write_dataset(tmp_path / "b", puzzles_per_group=(2, 2), first_value=101)[0]]
+
+
+@pytest.mark.parametrize("folders", [1, 2])
 @pytest.mark.parametrize("world_size", [2, 4])
-def test_training_rank_slices_together_equal_the_one_rank_batch(tmp_path, world_size):
-    path, _ = write_dataset(tmp_path)
+def test_training_rank_slices_together_equal_the_one_rank_batch(tmp_path, world_size, folders):
+    path = one_or_two_folders(tmp_path, folders)
     one_rank = [batch for _, batch, _ in make(path, global_batch_size=8, epochs_per_iter=3)]
     many_ranks = concat_ranks(path, "train", world_size, global_batch_size=8, epochs_per_iter=3)
     assert len(one_rank) == len(many_ranks) > 1
@@ -187,11 +199,13 @@ def test_training_is_seeded_and_each_iteration_differs(tmp_path):
     assert not torch.equal(flat(first[:3]), flat(train_batches(make(path, epochs_per_iter=4, seed=1))[:3]))
 
 
-def test_resuming_from_state_dict_yields_exactly_the_following_batches(tmp_path):
-    path, _ = write_dataset(tmp_path)
+@pytest.mark.parametrize("folders", [1, 2])
+def test_resuming_from_state_dict_yields_exactly_the_following_batches(tmp_path, folders):
+    path = one_or_two_folders(tmp_path, folders)
     reference = make(path, epochs_per_iter=3)
-    expected = train_batches(reference) + train_batches(reference)
-    num_first = len(expected) // 2
+    first_iteration = train_batches(reference)
+    expected = first_iteration + train_batches(reference)
+    num_first = len(first_iteration)
     for stop in (0, 1, num_first - 1, num_first, num_first + 2):
         dataset = make(path, epochs_per_iter=3)
         iterator, consumed = iter(dataset), 0
@@ -207,6 +221,98 @@ def test_resuming_from_state_dict_yields_exactly_the_following_batches(tmp_path)
         resumed.load_state_dict(state)
         replay = train_batches(resumed) + train_batches(resumed)
         assert torch.equal(flat(replay[: len(expected) - stop]), flat(expected[stop:])), f"resume after {stop} batches"
+
+
+# -- several dataset folders read as one (data_paths) ---------------------------------------
+
+
+def write_two_datasets(tmp_path):
+    """Folder a: 7 groups, 13 puzzles, 25 examples (inputs 1..25), identifiers 1..13 of 14;
+    folder b: 2 groups, 4 puzzles, 7 examples (inputs 101..107), identifiers 1..4 of 5."""
+    a, arrays_a = write_dataset(tmp_path / "a")
+    b, arrays_b = write_dataset(tmp_path / "b", puzzles_per_group=(2, 2), first_value=101)
+    return [a, b], arrays_a, arrays_b
+
+
+def expected_identifiers(batch, size, arrays_a, arrays_b):
+    """Each row's identifier computed from its input value: folder b's come after folder a's 14."""
+    values = batch["inputs"][:size, 0].numpy().astype(np.int64)
+    from_b = values > 100
+    return np.where(from_b, puzzle_of(arrays_b, values - 101) + 1 + 14, puzzle_of(arrays_a, values - 1) + 1)
+
+
+def test_two_folders_are_read_as_one_dataset_with_their_own_identifiers(tmp_path):
+    paths, arrays_a, arrays_b = write_two_datasets(tmp_path)
+    metadata = make(paths).metadata
+    assert (metadata.num_puzzle_identifiers, metadata.total_groups, metadata.total_puzzles) == (14 + 5, 7 + 2, 13 + 4)
+    assert metadata.mean_puzzle_examples == pytest.approx((25 + 7) / (13 + 4)), "weighted by each folder's puzzles"
+    assert make(paths).identifier_offsets == [0, 14]
+
+    # Test pass: folder a's examples in order, then b's; each folder's last batch padded on its own.
+    batches = list(make(paths, "test", global_batch_size=4))
+    assert [size for _, _, size in batches] == [4] * 6 + [1] + [4, 3]
+    assert {set_name for set_name, _, _ in batches} == {"all"}
+    values = torch.cat([batch["inputs"][:size, 0] for _, batch, size in batches])
+    assert values.tolist() == list(range(1, 26)) + list(range(101, 108))
+    for _, batch, size in batches:
+        np.testing.assert_array_equal(batch["puzzle_identifiers"][:size], expected_identifiers(batch, size, arrays_a, arrays_b))
+        assert (batch["puzzle_identifiers"][size:] == 0).all(), "padding rows get the blank identifier"
+
+
+def test_two_folders_train_one_folder_per_batch_a_before_b(tmp_path):
+    paths, arrays_a, arrays_b = write_two_datasets(tmp_path)
+    dataset = make(paths, global_batch_size=2, epochs_per_iter=2)
+    first, second = train_batches(dataset), train_batches(dataset)
+    from_b = []
+    for _, batch, size in first:
+        values = batch["inputs"][:, 0]
+        assert (values > 100).all() or (values < 100).all(), "a batch holds examples of one folder"
+        from_b.append(bool(values[0] > 100))
+        np.testing.assert_array_equal(batch["puzzle_identifiers"], expected_identifiers(batch, size, arrays_a, arrays_b))
+    num_a = from_b.index(True)
+    assert 0 < num_a < len(first) and from_b == [False] * num_a + [True] * (len(first) - num_a)
+    # Folder a draws with the RNG counter of a one-folder loader, folder b with the next one (seed + 2).
+    assert torch.equal(flat(first[:num_a]), flat(train_batches(make(paths[0], global_batch_size=2, epochs_per_iter=2))))
+    assert torch.equal(flat(first[num_a:]), flat(train_batches(make(paths[1], seed=1, global_batch_size=2, epochs_per_iter=2))))
+    assert not torch.equal(flat(first[:num_a]), flat(second[:num_a])), "the next iteration draws anew"
+
+
+@pytest.mark.parametrize(
+    "other, field",
+    [
+        (dict(columns=6), "seq_len"),
+        (dict(vocab_size=200), "vocab_size"),
+        (dict(pad_id=1), "pad_id"),
+        (dict(ignore_label_id=None), "ignore_label_id"),
+        (dict(blank_identifier_id=1), "blank_identifier_id"),
+        (dict(set_name="other"), "sets"),
+    ],
+)
+def test_folders_that_disagree_are_refused_naming_both_and_the_field(tmp_path, other, field):
+    a, _ = write_dataset(tmp_path / "a")
+    b, _ = write_dataset(tmp_path / "b", **other)
+    for split in ("train", "test"):
+        with pytest.raises(DatasetError, match=rf"^{re.escape(a)}/{split}/dataset.json has {field}=\S+ but {re.escape(b)}/{split}/dataset.json "
+                                               rf"has {field}=\S+: folders read as one dataset must agree on seq_len, vocab_size"):
+            make([a, b], split)
+
+
+@pytest.mark.parametrize("total_puzzles", ["absent", 7])
+def test_total_puzzles_is_counted_from_the_arrays(tmp_path, total_puzzles):
+    """Datasets built before total_puzzles lack it; TRM's Sudoku and Maze builders write the group count."""
+    path, _ = write_dataset(tmp_path)
+    for split in ("train", "test"):
+        metadata_path = os.path.join(path, split, "dataset.json")
+        with open(metadata_path) as metadata_file:
+            metadata = json.load(metadata_file)
+        metadata.pop("total_puzzles")
+        if total_puzzles != "absent":
+            metadata["total_puzzles"] = total_puzzles
+        with open(metadata_path, "w") as metadata_file:
+            json.dump(metadata, metadata_file)
+    metadata = make(path).metadata
+    assert metadata.total_puzzles == 13
+    assert (metadata.mean_puzzle_examples, metadata.total_groups) == (25 / 13, 7), "one folder's metadata is its own, exactly"
 
 
 # -- validation on open ----------------------------------------------------------------------
@@ -229,7 +335,7 @@ def test_batch_size_no_iteration_can_fill_is_refused_in_training_only(tmp_path):
 
 
 def test_missing_files_are_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"nowhere/train/dataset.json not found: the dataset folder \(data_path\) must be one built by dataset/build_\*_dataset.py"):
+    with pytest.raises(FileNotFoundError, match=r"nowhere/train/dataset.json not found: a dataset folder \(data_paths\) must be one built by dataset/build_\*_dataset.py"):
         make(str(tmp_path / "nowhere"))
     path, _ = write_dataset(tmp_path / "data")
     os.remove(os.path.join(path, "test", "all__labels.npy"))

@@ -49,9 +49,11 @@ def run_evaluation(eval_config: EvalConfig, context: DistributedContext) -> Opti
     config = read_saved_config(run_folder)
     # Evaluation runs each process's whole slice of a batch at once: no micro-batches.
     overrides = {"eval_save_outputs": eval_config.save_outputs, "checkpoint_path": run_folder, "gradient_accumulation_steps": 1}
-    for key in ("data_path", "global_batch_size", "compile"):
+    for key in ("global_batch_size", "compile"):
         if getattr(eval_config, key) is not None:
             overrides[key] = getattr(eval_config, key)
+    if eval_config.data_path is not None:
+        overrides.update(data_paths=[eval_config.data_path], data_paths_test=[])  # the test split of that folder alone
     # Validated like a training config (model_copy would skip the validators).
     config = validate_config({**config.model_dump(), **overrides})
     check_world_size(config, context.world_size)

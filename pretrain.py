@@ -2,6 +2,7 @@
 
     python pretrain.py data_path=data/sudoku-extreme-1k-aug-1000 epochs=20000 eval_interval=2000 ...
     torchrun --nproc-per-node 8 pretrain.py data_path=... arch.L_cycles=8 ...
+    python pretrain.py arch=trm data_paths="[data/sudoku-extreme-1k-aug-1000]" ... +run_name=NAME ema=True
 
 Every config key (config/cfg_pretrain.yaml, config/arch/*.yaml) can be overridden as key=value.
 This file wires the parts together and runs the loop; the maths lives in models/.
@@ -26,7 +27,7 @@ from models.attention import attention_backend
 from models.fused import apply_fused_kernels, fused_kernels_in_use
 from models.optimizers import build_adam_atan2
 from models.sparse_embedding import CastedSparseEmbeddingSignSGD_Distributed
-from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
+from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig, check_test_data_fits
 from utils.checkpoint import CheckpointError, TrainState, prepare_run_folder, restore_train_state, save_atomically, save_train_state
 from utils.config import (
     SAVED_CONFIG_NAME,
@@ -67,10 +68,11 @@ def cosine_schedule_with_warmup_lr(step: int, base_lr: float, warmup_steps: int,
 
 
 def create_dataloader(config: PretrainConfig, split: str, context: DistributedContext, test_set_mode: bool, epochs_per_iter: int) -> PuzzleDataset:
+    """The folders of data_paths read as one; for the test split those of data_paths_test where given (as TRM)."""
     return PuzzleDataset(
         PuzzleDatasetConfig(
             seed=config.seed,
-            dataset_path=config.data_path,
+            dataset_paths=config.data_paths_test if split == "test" and config.data_paths_test else config.data_paths,
             global_batch_size=config.global_batch_size,
             test_set_mode=test_set_mode,
             epochs_per_iter=epochs_per_iter,
@@ -358,6 +360,7 @@ def run_training(overrides: Sequence[str], context: DistributedContext) -> Optio
 
     train_loader = create_dataloader(config, "train", context, test_set_mode=False, epochs_per_iter=config.epochs_per_eval)
     eval_loader = create_dataloader(config, "test", context, test_set_mode=True, epochs_per_iter=1)
+    check_test_data_fits(train_loader, eval_loader)
     if config.resume and os.path.exists(os.path.join(config.checkpoint_path, SAVED_CONFIG_NAME)):
         # A resumed run keeps its name (and so its W&B run) unless the command line gives another.
         saved = read_saved_config(config.checkpoint_path)

@@ -27,8 +27,9 @@ from models.losses import IGNORE_LABEL_ID  # the loader turns the dataset's `ign
 RANGE_CHECK_BLOCK_BYTES = 16 << 20
 
 
-# What folders read as one dataset must share (they form one batch stream and one model).
-SHARED_METADATA_FIELDS = ("seq_len", "vocab_size", "pad_id", "ignore_label_id", "blank_identifier_id", "sets")
+# What every dataset a model reads must share, and what folders read as one must also share.
+FORMAT_FIELDS = ("seq_len", "vocab_size", "pad_id", "ignore_label_id", "blank_identifier_id")
+SHARED_METADATA_FIELDS = FORMAT_FIELDS + ("sets",)
 
 
 class PuzzleDatasetConfig(pydantic.BaseModel):
@@ -430,3 +431,15 @@ class PuzzleDataset(torch.utils.data.IterableDataset):
                 batch_index += 1
         if self._iteration == iteration:  # ended without yielding a last batch (e.g. resumed at the end)
             self._iteration, self._batch_index = iteration + 1, 0
+
+
+def check_test_data_fits(train: PuzzleDataset, test: PuzzleDataset) -> None:
+    """The evaluated folders (data_paths_test) must fit the model built for the trained ones."""
+    check_same_format(train.metadata_path(), train.metadata, test.metadata_path(), test.metadata,
+                      fields=FORMAT_FIELDS, why="the trained and the evaluated datasets (data_paths, data_paths_test)")
+    if test.metadata.num_puzzle_identifiers > train.metadata.num_puzzle_identifiers:
+        raise DatasetError(
+            f"the evaluated datasets (data_paths_test, {test.metadata_path()}) hold {test.metadata.num_puzzle_identifiers} puzzle "
+            f"identifiers, more than the {train.metadata.num_puzzle_identifiers} of the trained ones (data_paths, "
+            f"{train.metadata_path()}), whose puzzle embeddings the model learns: evaluate datasets built with the same identifiers"
+        )

@@ -14,7 +14,7 @@ from typing import List, Literal, Optional
 import coolname
 import yaml
 from omegaconf import OmegaConf
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from utils.files import write_text_atomically
 
@@ -63,7 +63,10 @@ def check_saveable_outputs(names: List[str]) -> List[str]:
 
 class PretrainConfig(StrictModel):
     arch: ArchConfig
-    data_path: str
+    data_paths: List[str] = []  # dataset folders trained as one (TRM's key)
+    data_paths_test: List[str] = []  # folders whose test splits are evaluated ([]: those of data_paths)
+    # HRM's key, read on input only: data_path=X is data_paths=[X].
+    data_path: Optional[str] = Field(None, exclude=True)
 
     global_batch_size: int
     gradient_accumulation_steps: int = 1
@@ -98,6 +101,24 @@ class PretrainConfig(StrictModel):
     wandb: WandbConfig = WandbConfig()
 
     known_outputs = field_validator("eval_save_outputs")(check_saveable_outputs)
+
+    @model_validator(mode="after")
+    def check_data_paths(self) -> "PretrainConfig":
+        if self.data_path is not None:
+            if self.data_paths not in ([], [self.data_path]):
+                raise ValueError(
+                    f"data_path={self.data_path} and data_paths={self.data_paths} name different datasets: give one of them "
+                    f"(data_path=X is data_paths=[X])"
+                )
+            self.data_paths, self.data_path = [self.data_path], None
+        if not self.data_paths:
+            raise ValueError("data_paths=[] names no dataset: give the folder(s) to train on, e.g. data_paths=[data/sudoku-extreme-1k-aug-1000]")
+        for key in ("data_paths", "data_paths_test"):
+            paths = [os.path.normpath(path) for path in getattr(self, key)]
+            repeated = next((path for path in paths if paths.count(path) > 1), None)
+            if repeated is not None:
+                raise ValueError(f"{key} lists {repeated} more than once: list each dataset folder once")
+        return self
 
     @model_validator(mode="after")
     def check_values(self) -> "PretrainConfig":
@@ -206,6 +227,23 @@ def validate_config(raw: dict) -> PretrainConfig:
         raise ConfigError("Invalid training config:\n" + format_validation_error(error)) from None
 
 
+def as_hydra_overrides(overrides: List[str]) -> List[str]:
+    """The command line as Hydra should read it, for TRM's and HRM's spellings alike."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    result = []
+    for override in parsed:
+        is_group = os.path.isdir(os.path.join(CONFIG_DIR, override.key_or_group))
+        # TRM's commands append keys that our config files already define (`+run_name=...`); Hydra
+        # refuses to append over a value, while `++` sets a key whether or not it exists.
+        result.append("+" + override.input_line if override.is_add() and not is_group else override.input_line)
+    keys = {override.key_or_group for override in parsed}
+    if "data_path" in keys and "data_paths" not in keys:
+        result.append("data_paths=[]")  # HRM's data_path=X stands for data_paths=[X]: no default list beside it
+    return result
+
+
 def load_config(overrides: List[str], config_name: str = "cfg_pretrain") -> PretrainConfig:
     """Compose `config/<config_name>.yaml` with Hydra, apply command-line overrides, validate."""
     from hydra import compose, initialize_config_dir
@@ -213,8 +251,9 @@ def load_config(overrides: List[str], config_name: str = "cfg_pretrain") -> Pret
     from omegaconf.errors import OmegaConfBaseException
 
     try:
+        hydra_overrides = as_hydra_overrides(overrides)
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-            composed = compose(config_name=config_name, overrides=overrides)
+            composed = compose(config_name=config_name, overrides=hydra_overrides)
         raw = OmegaConf.to_container(composed, resolve=True)
     except (HydraException, OmegaConfBaseException) as error:
         unknown = re.search(r"Could not override '([^']+)'", str(error))
@@ -257,7 +296,7 @@ def micro_batch_size(config: PretrainConfig, world_size: int) -> int:
 
 def with_derived_names(config: PretrainConfig, model_class_name: str) -> PretrainConfig:
     """Fill project_name, run_name and checkpoint_path as the original does, where not given."""
-    project_name = config.project_name or f"{os.path.basename(os.path.normpath(config.data_path)).capitalize()} ACT-torch"
+    project_name = config.project_name or f"{os.path.basename(os.path.normpath(config.data_paths[0])).capitalize()} ACT-torch"
     run_name = config.run_name or f"{model_class_name} {coolname.generate_slug(2)}"
     checkpoint_path = config.checkpoint_path or os.path.join("checkpoints", project_name, run_name)
     return config.model_copy(update=dict(project_name=project_name, run_name=run_name, checkpoint_path=checkpoint_path))

@@ -11,7 +11,7 @@ import torch
 
 from dataset.build_maze_dataset import MazeBuildConfig, build_maze_dataset
 from dataset.common import DatasetError, PuzzleDatasetMetadata, save_set_arrays, write_json, write_split_metadata
-from puzzle_dataset import IGNORE_LABEL_ID, PuzzleDataset, PuzzleDatasetConfig
+from puzzle_dataset import IGNORE_LABEL_ID, PuzzleDataset, PuzzleDatasetConfig, check_test_data_fits
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEQ_LEN = 4
@@ -295,6 +295,18 @@ def test_folders_that_disagree_are_refused_naming_both_and_the_field(tmp_path, o
         with pytest.raises(DatasetError, match=rf"^{re.escape(a)}/{split}/dataset.json has {field}=\S+ but {re.escape(b)}/{split}/dataset.json "
                                                rf"has {field}=\S+: folders read as one dataset must agree on seq_len, vocab_size"):
             make([a, b], split)
+
+
+def test_evaluated_folders_must_fit_the_trained_ones(tmp_path):
+    trained, _ = write_dataset(tmp_path / "trained")  # 14 identifiers
+    smaller, _ = write_dataset(tmp_path / "smaller", puzzles_per_group=(2, 2))  # 5 identifiers
+    check_test_data_fits(make(trained), make(smaller, "test"))
+    with pytest.raises(DatasetError, match=rf"the evaluated datasets \(data_paths_test, {re.escape(trained)}/test/dataset.json\) hold 14 puzzle "
+                                           rf"identifiers, more than the 5 of the trained ones \(data_paths, {re.escape(smaller)}/train/dataset.json\)"):
+        check_test_data_fits(make(smaller), make(trained, "test"))
+    wider, _ = write_dataset(tmp_path / "wider", columns=6)
+    with pytest.raises(DatasetError, match=r"has seq_len=4 but .*wider/test/dataset.json has seq_len=6: the trained and the evaluated datasets"):
+        check_test_data_fits(make(trained), make(wider, "test"))
 
 
 @pytest.mark.parametrize("total_puzzles", ["absent", 7])

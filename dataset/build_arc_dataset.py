@@ -1,9 +1,17 @@
 """Build an ARC dataset (30x30 canvas, seq_len 900, vocab 12: PAD 0, end-of-grid 1, colour c as c + 2).
 
-Examples:
+Examples (HRM's input, folders of task files):
     python dataset/build_arc_dataset.py                      # ARC-AGI-1 + ConceptARC -> data/arc-aug-1000
     python dataset/build_arc_dataset.py --dataset-dirs dataset/raw-data/ARC-AGI-2/data --output-dir data/arc-2-aug-1000
 
+Examples (TRM's input, Kaggle-style files {prefix}_{subset}_challenges.json and _solutions.json,
+which `python -m dataset.make_kaggle_combined` writes from dataset/raw-data):
+    python -m dataset.build_arc_dataset --input-file-prefix kaggle/combined/arc-agi --output-dir data/arc1concept-aug-1000 \
+        --subsets training evaluation concept --test-set-name evaluation
+
+A task's "train" examples go to the train split; its "test" examples go to the test split when
+the task sits in a folder named `evaluation` (or, from Kaggle-style files, belongs to the subset
+--test-set-name or --test-set-name2), otherwise to the train split too.
 Every task becomes one puzzle per destination split, plus up to `--num-aug` augmented copies
 (dihedral transform + permutation of colours 1..9) in the same group. Augmented puzzles are
 named `<task>_t<transform id>_<colour map digits>`, e.g. `007bbfb7_t3_0513249786`: colour c
@@ -16,7 +24,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -64,6 +72,16 @@ class ArcBuildConfig(BaseModel):
         "'evaluation' send their test examples to the test split. Given flags replace this list "
         "(--dataset-dirs A B, or --dataset-dirs A --dataset-dirs B)",
     )
+    input_file_prefix: Optional[str] = Field(
+        None,
+        description="read Kaggle-style {prefix}_{subset}_challenges.json and _solutions.json files (TRM's input) "
+        "instead of --dataset-dirs, e.g. kaggle/combined/arc-agi; python -m dataset.make_kaggle_combined writes them",
+    )
+    subsets: Optional[List[str]] = Field(None, description="with --input-file-prefix (required): the subsets to read, in order, e.g. training evaluation concept")
+    test_set_name: Optional[str] = Field(
+        None, description="with --input-file-prefix (required): the subset whose tasks' test examples form the test split, e.g. evaluation"
+    )
+    test_set_name2: str = Field("evaluation2", description="with --input-file-prefix: a second such subset (when among --subsets)")
     output_dir: str = Field("data/arc-aug-1000", description="dataset folder to create (an earlier build there is replaced)")
     seed: int = Field(42, ge=0, description="random seed: the same command and seed give byte-identical output")
     num_aug: int = Field(1000, ge=0, description="augmented copies per task (fewer when a task has fewer distinct ones)")
@@ -137,51 +155,150 @@ def grid_from_json(value, where: str) -> np.ndarray:
     return grid.astype(np.uint8)
 
 
-def load_task(path: str, dataset_dir: str) -> ArcTask:
+def read_json(path: str, fix: str):
+    """The content of a JSON file; a file that cannot be read or parsed is named (with `fix`)."""
     try:
-        with open(path, "rb") as task_file:
-            content = json.loads(task_file.read())  # bytes: UTF-8 with or without a byte-order mark, or UTF-16/32
+        with open(path, "rb") as json_file:
+            return json.loads(json_file.read())  # bytes: UTF-8 with or without a byte-order mark, or UTF-16/32
     except OSError as error:
-        raise DatasetError(f"cannot read {path} ({error.strerror}): pass readable task files") from None
+        raise DatasetError(f"cannot read {path} ({error.strerror}): {fix}") from None
     except ValueError as error:  # not JSON, or not text in a Unicode encoding
         raise DatasetError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(content, dict) or not set(content) <= {"train", "test", "name"}:
-        raise DatasetError(f"{path}: an ARC task is an object with keys 'train' and 'test' (and optionally 'name')")
-    name = content.get("name", os.path.splitext(os.path.basename(path))[0])
-    if not isinstance(name, str) or not name:
-        raise DatasetError(f"{path}: 'name' must be a non-empty string")
 
-    destinations = {"train": "train", "test": destination_of_test_examples(path, dataset_dir)}
+
+def task_from_json(content, where: str, default_name: str, destinations: Dict[str, str], path: str) -> ArcTask:
+    """Validate one task ({"train": [...], "test": [...]}, pairs of input and output grids, an
+    optional "name"); its examples of each kind go to the split `destinations[kind]`."""
+    if not isinstance(content, dict) or not set(content) <= {"train", "test", "name"}:
+        raise DatasetError(f"{where}: an ARC task is an object with keys 'train' and 'test' (and optionally 'name')")
+    name = content.get("name", default_name)
+    if not isinstance(name, str) or not name:
+        raise DatasetError(f"{where}: 'name' must be a non-empty string")
+
     examples: Dict[str, List[Tuple[np.ndarray, np.ndarray]]] = {split: [] for split in SPLITS}
     for kind in ("train", "test"):
         pairs = content.get(kind)
         if not isinstance(pairs, list) or not pairs:
-            raise DatasetError(f"{path}: '{kind}' must be a non-empty list of examples")
+            raise DatasetError(f"{where}: '{kind}' must be a non-empty list of examples")
         for index, pair in enumerate(pairs):
             if not isinstance(pair, dict) or "input" not in pair or "output" not in pair:
-                raise DatasetError(f"{path}: {kind} example {index} needs 'input' and 'output' grids")
+                raise DatasetError(f"{where}: {kind} example {index} needs 'input' and 'output' grids")
             examples[destinations[kind]].append(
-                tuple(grid_from_json(pair[side], f"{path}: {kind} example {index} '{side}'") for side in ("input", "output"))
+                tuple(grid_from_json(pair[side], f"{where}: {kind} example {index} '{side}'") for side in ("input", "output"))
             )
     return ArcTask(name, path, examples)
 
 
+def load_task(path: str, dataset_dir: str) -> ArcTask:
+    content = read_json(path, "pass readable task files")
+    destinations = {"train": "train", "test": destination_of_test_examples(path, dataset_dir)}
+    return task_from_json(content, path, os.path.splitext(os.path.basename(path))[0], destinations, path)
+
+
+def check_unique_names(tasks: List[ArcTask], flag: str) -> None:
+    seen: Dict[str, str] = {}
+    for task in tasks:
+        if task.name in seen:
+            raise DatasetError(
+                f"task name {task.name!r} appears in both {seen[task.name]} and {task.path}; puzzle names must be "
+                f"unique: drop one of the overlapping {flag}"
+            )
+        seen[task.name] = task.path
+
+
 def load_tasks(dataset_dirs: List[str]) -> List[ArcTask]:
     tasks: List[ArcTask] = []
-    seen: Dict[str, str] = {}
     for dataset_dir in dataset_dirs:
         paths = find_task_files(dataset_dir)
-        for path in paths:
-            task = load_task(path, dataset_dir)
-            if task.name in seen:
-                raise DatasetError(
-                    f"task name {task.name!r} appears in both {seen[task.name]} and {path}; puzzle names must be "
-                    f"unique: drop one of the overlapping --dataset-dirs"
-                )
-            seen[task.name] = path
-            tasks.append(task)
+        tasks += [load_task(path, dataset_dir) for path in paths]
         print(f"[{dataset_dir}] tasks: {len(paths)}")
+    check_unique_names(tasks, "--dataset-dirs")
     return tasks
+
+
+def kaggle_file(prefix: str, subset: str, kind: str) -> str:
+    """`kind` is "challenges" or "solutions"."""
+    return f"{prefix}_{subset}_{kind}.json"
+
+
+# TRM's builder gives test inputs without a solutions file this output, so their predictions can still be made.
+PLACEHOLDER_OUTPUT = [[0]]
+
+
+def load_kaggle_subset(prefix: str, subset: str, test_destination: str) -> List[ArcTask]:
+    """The tasks of `{prefix}_{subset}_challenges.json` ({task id: {"train": [pairs], "test": [{"input"}]}})
+    with the test outputs of `_solutions.json` ({task id: [output grid per test input]})."""
+    challenges_path = kaggle_file(prefix, subset, "challenges")
+    if not os.path.isfile(challenges_path):
+        raise FileNotFoundError(
+            f"{challenges_path} not found: --input-file-prefix {prefix} reads {prefix}_<subset>_challenges.json and "
+            f"_solutions.json for each of --subsets; write them from the shipped tasks with "
+            f"python -m dataset.make_kaggle_combined --output-prefix {prefix}"
+        )
+    challenges = read_json(challenges_path, "pass readable files")
+    if not isinstance(challenges, dict) or not challenges:
+        raise DatasetError(f"{challenges_path}: expected a non-empty object mapping task ids to tasks ({{\"train\": [...], \"test\": [...]}})")
+    solutions_path = kaggle_file(prefix, subset, "solutions")
+    solutions = None
+    if os.path.isfile(solutions_path):
+        solutions = read_json(solutions_path, "pass readable files")
+        if not isinstance(solutions, dict):
+            raise DatasetError(f"{solutions_path}: expected an object mapping task ids to lists of output grids")
+    elif test_destination == "train":
+        raise FileNotFoundError(f"{solutions_path} not found: the test examples of subset {subset} are trained on and need their outputs")
+    else:
+        print(f"note: {solutions_path} not found: the test split's labels of subset {subset} are the placeholder "
+              f"{PLACEHOLDER_OUTPUT}; predictions work, scores do not")
+
+    tasks = []
+    for task_id, content in challenges.items():
+        where = f"{challenges_path}, task {task_id}"
+        test = content.get("test") if isinstance(content, dict) else None
+        if isinstance(test, list):
+            if solutions is None:
+                outputs = [PLACEHOLDER_OUTPUT] * len(test)
+            else:
+                outputs = solutions.get(task_id)
+                if not isinstance(outputs, list) or len(outputs) != len(test):
+                    found = f"{len(outputs)} output grids" if isinstance(outputs, list) else "no list of output grids"
+                    raise DatasetError(f"{solutions_path}: task {task_id} has {found} for its {len(test)} test inputs in {challenges_path}")
+                for index, output in enumerate(outputs):
+                    grid_from_json(output, f"{solutions_path}: task {task_id} output {index}")
+            content = {**content, "test": [{**example, "output": output} if isinstance(example, dict) else example
+                                           for example, output in zip(test, outputs)]}
+        tasks.append(task_from_json(content, where, task_id, {"train": "train", "test": test_destination}, challenges_path))
+    print(f"[{challenges_path}] tasks: {len(tasks)}")
+    return tasks
+
+
+def load_kaggle_tasks(config: ArcBuildConfig) -> List[ArcTask]:
+    """TRM's input: every subset in order, each task's test examples in the test split for the
+    test-set subsets and in the train split for the others."""
+    test_sets = (config.test_set_name, config.test_set_name2)
+    tasks = [task for subset in config.subsets
+             for task in load_kaggle_subset(config.input_file_prefix, subset, "test" if subset in test_sets else "train")]
+    check_unique_names(tasks, "--subsets")
+    return tasks
+
+
+def check_input_flags(config: ArcBuildConfig) -> None:
+    """One input: folders (--dataset-dirs) or Kaggle-style files (--input-file-prefix with --subsets and --test-set-name)."""
+    if config.input_file_prefix is None:
+        if config.subsets is not None or config.test_set_name is not None:
+            raise DatasetError("--subsets and --test-set-name select Kaggle-style input files: add --input-file-prefix "
+                               "(e.g. kaggle/combined/arc-agi), or drop them to read --dataset-dirs")
+        return
+    if config.dataset_dirs != ArcBuildConfig.model_fields["dataset_dirs"].default:
+        raise DatasetError("give either --dataset-dirs (folders of task files) or --input-file-prefix (Kaggle-style files), not both")
+    if not config.subsets or config.test_set_name is None:
+        raise DatasetError("--input-file-prefix needs --subsets and --test-set-name, e.g. --subsets training evaluation concept --test-set-name evaluation")
+    if len(set(config.subsets)) != len(config.subsets):
+        raise DatasetError(f"--subsets {' '.join(config.subsets)}: name each subset once")
+    if not {config.test_set_name, config.test_set_name2} & set(config.subsets):
+        raise DatasetError(
+            f"--test-set-name {config.test_set_name} is not one of --subsets {' '.join(config.subsets)}, so the test split "
+            f"would be empty: name the subset to evaluate on (e.g. --test-set-name evaluation)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,9 +505,10 @@ def write_arc_split(dataset_dir, split, tasks, plans, puzzle_identifiers, num_id
 
 
 def build_arc_dataset(config: ArcBuildConfig) -> None:
+    check_input_flags(config)
     check_output_dir(config.output_dir)  # fail before the work, not after
     # Read, validate and plan everything before writing anything.
-    tasks = load_tasks(config.dataset_dirs)
+    tasks = load_kaggle_tasks(config) if config.input_file_prefix is not None else load_tasks(config.dataset_dirs)
     augment_rng = seeded_rng(config.seed, AUGMENT_STREAM)
     plans = [plan_augmentations(augment_rng, task, config.num_aug) for task in tqdm(tasks, desc="augmenting", unit="task")]
     identifiers, puzzle_identifiers = assign_identifiers(tasks, plans)

@@ -9,7 +9,7 @@ import difflib
 import glob
 import os
 import re
-from typing import List, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional
 
 import coolname
 import yaml
@@ -85,6 +85,11 @@ class PretrainConfig(StrictModel):
     puzzle_emb_lr: float
 
     seed: int = 0
+
+    # TRM's training keys
+    ema: bool = False
+    ema_rate: float = 0.999
+    evaluators: List[Dict[str, Any]] = []
 
     project_name: Optional[str] = None
     run_name: Optional[str] = None

@@ -1,12 +1,13 @@
 """data_paths through pretrain.py on the CPU: two dataset folders trained as one, other folders
-evaluated (data_paths_test), a run with two folders stopped and resumed."""
+evaluated (data_paths_test), a run with two folders stopped and resumed, evaluate.py's data_path."""
 
 import os
 
 import pytest
 import torch
 
-from tests.test_training import assert_same_tensors, final_weights, train_in_process, without_eval_at, without_timings
+import evaluate
+from tests.test_training import CPU, assert_same_tensors, final_weights, train_in_process, without_eval_at, without_timings
 from tests.tiny_runs import build_tiny_sudoku, tiny_overrides
 from utils.checkpoint import list_checkpoints
 from utils.logging import read_metrics
@@ -54,3 +55,11 @@ def test_a_run_on_two_folders_stopped_and_resumed_is_the_same_run(datasets, tmp_
     assert without_timings(without_eval_at(read_metrics(os.path.join(stopped, "metrics.jsonl")), 10)) == without_timings(
         read_metrics(os.path.join(straight, "metrics.jsonl"))
     )
+
+
+def test_evaluate_py_data_path_evaluates_that_folder_alone(datasets, tmp_path):
+    run = str(tmp_path / "run")
+    train_in_process(overrides(datasets[:1], run, epochs=4, eval_interval=4))  # 12 steps
+    preds = tmp_path / "preds"
+    evaluate.run_evaluation(evaluate.EvalConfig(checkpoint=list_checkpoints(run)[-1], data_path=datasets[1], output_dir=str(preds)), CPU)
+    assert len(torch.load(preds / "step_12_all_preds.0")["inputs"]) == 20, "the second folder's test split"

@@ -279,7 +279,7 @@ def test_builders_run_from_repo_root_list_defaults_and_skip_torch(invocation):
     expected_flags = {
         "build_sudoku_dataset": ["--source-repo", "--output-dir", "--subsample-size", "--min-difficulty", "--num-aug", "--seed", "--max-blanks"],
         "build_maze_dataset": ["--source-repo", "--output-dir", "--subsample-size", "--aug", "--seed"],
-        "build_arc_dataset": ["--dataset-dirs", "--output-dir", "--seed", "--num-aug"],
+        "build_arc_dataset": ["--dataset-dirs", "--input-file-prefix", "--subsets", "--test-set-name", "--test-set-name2", "--output-dir", "--seed", "--num-aug"],
     }
     for builder in BUILDERS:
         command = [f"dataset/{builder}.py"] if invocation == "script" else ["-m", f"dataset.{builder}"]
@@ -288,7 +288,8 @@ def test_builders_run_from_repo_root_list_defaults_and_skip_torch(invocation):
         for flag in expected_flags[builder]:
             assert flag in help_text, f"{builder} --help lacks {flag}"
         assert help_text.count("(default:") == len(expected_flags[builder])
-    probe = "import sys, dataset.build_sudoku_dataset, dataset.build_maze_dataset, dataset.build_arc_dataset; print('torch' in sys.modules)"
+    probe = ("import sys, dataset.build_sudoku_dataset, dataset.build_maze_dataset, dataset.build_arc_dataset, dataset.make_kaggle_combined; "
+             "print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 

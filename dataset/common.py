@@ -749,3 +749,13 @@ def dataset_fingerprint(dataset_dir: str) -> str:
                 file.seek(int(offset))
                 digest.update(file.read(FINGERPRINT_BLOCK_BYTES))
     return digest.hexdigest()[:16]
+
+
+def datasets_fingerprint(dataset_dirs: Sequence[str]) -> str:
+    """The fingerprint of dataset folders read as one (data_paths): one folder's own fingerprint, so
+    it does not change when a run names its folder as data_paths=[X] instead of data_path=X; of
+    several folders, a hash of theirs in order."""
+    fingerprints = [dataset_fingerprint(dataset_dir) for dataset_dir in dataset_dirs]
+    if len(fingerprints) == 1:
+        return fingerprints[0]
+    return hashlib.sha256(" ".join(fingerprints).encode()).hexdigest()[:16]

@@ -15,6 +15,7 @@ from dataset.common import (
     ArrayFileWriter,
     DatasetError,
     dataset_fingerprint,
+    datasets_fingerprint,
     dihedral_transform,
     inverse_dihedral_transform,
     parse_cli,
@@ -398,6 +399,14 @@ def test_fingerprint_is_cheap_for_the_samples_and_for_multi_gigabyte_arrays(tmp_
         start = time.perf_counter()
         dataset_fingerprint(folder)
         assert time.perf_counter() - start < 0.5, folder
+
+
+def test_fingerprint_of_several_folders(tmp_path):
+    first, second = build_sudoku(tmp_path / "a", subsample_size=50, num_aug=0), build_sudoku(tmp_path / "b", subsample_size=50, num_aug=1)
+    assert datasets_fingerprint([first]) == dataset_fingerprint(first)
+    both = datasets_fingerprint([first, second])
+    assert both not in (dataset_fingerprint(first), dataset_fingerprint(second), datasets_fingerprint([second, first]))
+    assert len(both) == 16
 
 
 def test_fingerprint_of_a_folder_without_a_dataset_is_refused(tmp_path):

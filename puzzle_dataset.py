@@ -315,9 +315,9 @@ class PuzzleDataset(torch.utils.data.IterableDataset):
         if config.epochs_per_iter < 1:
             raise DatasetError(f"epochs_per_iter={config.epochs_per_iter} must be at least 1")
 
-    def metadata_path(self, index: int = 0) -> str:
-        """The dataset.json of folder `index` (for messages that name a dataset)."""
-        return self._folders[index].metadata_path
+    def metadata_path(self) -> str:
+        """The first folder's dataset.json, for messages that name the dataset."""
+        return self._folders[0].metadata_path
 
     # -- state -------------------------------------------------------------------------------
 

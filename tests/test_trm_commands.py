@@ -3,7 +3,8 @@ command, read by bash as typed, composes into a validated config, builds the mod
 (TRM's published sizes: 5M parameters for mlp_t Sudoku, 7M with attention) and trains end to end
 on a tiny model and tiny datasets in `data/` under the names the commands use; the ARC build
 commands run on small Kaggle-style input; the Sudoku and Maze build commands parse (and build the
-tiny datasets from shipped puzzles, with --source-repo)."""
+tiny datasets from shipped puzzles, with --source-repo); the README shows the same commands; the
+TRM quick start learns."""
 
 import json
 import os
@@ -251,3 +252,63 @@ def test_the_sudoku_and_maze_build_commands_parse():
     assert (sudoku.output_dir, sudoku.subsample_size, sudoku.num_aug, sudoku.source_repo) == ("data/sudoku-extreme-1k-aug-1000", 1000, 1000, "sapientinc/sudoku-extreme")
     maze = parse_cli(MazeBuildConfig, shell_words(BUILD_COMMANDS["maze"])[1][1:], "build_maze_dataset.py")
     assert (maze.output_dir, maze.source_repo) == ("data/maze-30x30-hard-1k", "sapientinc/maze-30x30-hard-1k")
+
+
+def readme_trm_commands():
+    """The commands of the README's TRM section: {first word's run name or output dir: bash words}."""
+    with open(os.path.join(REPO_ROOT, "README.md")) as file:
+        section = file.read().split("\n## TRM\n")[1].split("\n## ")[0]
+    block = section.split("```\n")[1]
+    commands, pending_run_name = {}, None
+    for line in block.splitlines():
+        if line.startswith("run_name="):
+            pending_run_name = line
+        elif line.startswith(("python pretrain.py", "torchrun")):
+            commands[pending_run_name.split('"')[1]] = shell_words(f"{pending_run_name}\n{line}")
+        elif "--output-dir" in line:
+            commands[line.split("--output-dir ")[1].split()[0]] = shell_words(line)
+    return commands
+
+
+def test_the_readme_shows_trms_commands_word_for_word():
+    readme = readme_trm_commands()
+    for name in ("sudoku_mlp_t", "maze", "arc1"):
+        assert readme[TRAINING_COMMANDS[name].split('"')[1]] == shell_words(TRAINING_COMMANDS[name]), name
+    for name in ("arc1", "arc2"):
+        assert readme[f"data/{name}concept-aug-1000"] == shell_words(BUILD_COMMANDS[name]), name
+
+
+# -- the TRM quick start -------------------------------------------------------------------------
+
+
+def quickstart_commands(tmp_path) -> list:
+    """The words of each python command `bash scripts/quickstart.sh trm` runs (with DATA and RUN in
+    tmp_path), as the script passes them; nothing runs."""
+    script = 'python() { printf "%s\\0" "$@"; printf "\\n"; }; export -f python; exec bash scripts/quickstart.sh trm'
+    environment = dict(os.environ, DATA=str(tmp_path / "data"), RUN=str(tmp_path / "run"))
+    output = subprocess.run(["bash", "-c", script], cwd=REPO_ROOT, env=environment, capture_output=True, check=True).stdout.decode()
+    return [line.split("\0")[:-1] for line in output.splitlines()]
+
+
+def test_the_trm_quick_start_learns(tmp_path):
+    """The quick start's TRM training command, shortened: 320 of its puzzles, 200 steps (its EMA
+    then weighs the first weights little); the test accuracy of its final evaluation against that
+    of the same seeded model before training."""
+    build, train, _ = quickstart_commands(tmp_path)
+    assert build[0] == "dataset/build_sudoku_dataset.py" and train[0] == "pretrain.py"
+    assert {"arch=trm", "arch.mlp_t=True", "ema=True"} <= set(train)
+    source = tmp_path / "source"
+    os.makedirs(source)
+    for split, rows in (("train", 320), ("test", 256)):
+        write_csv_slice(os.path.join(SUDOKU_SAMPLE, f"{split}.csv"), str(source / f"{split}.csv"), rows)
+    flags = build[1:]
+    flags[flags.index("--source-repo") + 1], flags[flags.index("--subsample-size") + 1] = str(source), "320"
+    subprocess.run([sys.executable, os.path.join(REPO_ROOT, build[0]), *flags], cwd=REPO_ROOT, check=True, capture_output=True)
+
+    overrides = train[1:] + ["epochs=40", "eval_interval=40"]  # 5 steps an epoch
+    config = load_config(overrides)
+    loader = pretrain.create_dataloader(config, "test", CPU, test_set_mode=True, epochs_per_iter=1)
+    before = pretrain.evaluate(config, pretrain.build_train_state(config, loader.metadata, CPU), loader, CPU, save_dir=None)["all"]
+    after = train_in_process(overrides)["all"]
+    assert before["exact_accuracy"] == 0 and before["accuracy"] < 0.2
+    assert after["accuracy"] > 0.5, (before, after)

@@ -16,9 +16,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from models.state_dict import load_model_state_dict
 from pretrain import build_loss_head, create_dataloader, evaluate, step_function
-from utils.checkpoint import TrainState, load_weights
+from utils.checkpoint import TrainState, check_checkpoint_file, load_weights
 from utils.config import ConfigError, check_saveable_outputs, check_world_size, environment_overrides, read_saved_config, validate_config
 from utils.distributed import DistributedContext, distributed_session, end_process
+from utils.files import DiskFullError
 
 DEFAULT_SAVE_OUTPUTS = ["inputs", "labels", "puzzle_identifiers", "preds", "q_halt_logits", "q_continue_logits"]
 
@@ -45,6 +46,7 @@ def parse_eval_config(arguments: Sequence[str]) -> EvalConfig:
 
 
 def run_evaluation(eval_config: EvalConfig, context: DistributedContext) -> Optional[Dict[str, Dict[str, float]]]:
+    check_checkpoint_file(eval_config.checkpoint)
     run_folder = os.path.dirname(os.path.abspath(eval_config.checkpoint))
     config = read_saved_config(run_folder)
     # Evaluation runs each process's whole slice of a batch at once: no micro-batches.
@@ -78,7 +80,7 @@ def main() -> None:
         eval_config = parse_eval_config(sys.argv[1:] + environment_overrides(os.environ))
         with distributed_session() as context:
             run_evaluation(eval_config, context)
-    except (ConfigError, FileNotFoundError, ValueError) as error:
+    except (ConfigError, FileNotFoundError, ValueError, DiskFullError) as error:
         print(f"error: {error}", file=sys.stderr)
         end_process(1)
     end_process(0)

@@ -21,13 +21,22 @@ from pydantic import ValidationError
 from torch import nn
 from tqdm import tqdm
 
-from dataset.common import DatasetError
+from dataset.common import DatasetError, dataset_fingerprint
 from models.attention import attention_backend
 from models.fused import apply_fused_kernels, fused_kernels_in_use
 from models.optimizers import build_adam_atan2
 from models.sparse_embedding import CastedSparseEmbeddingSignSGD_Distributed
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
-from utils.checkpoint import CheckpointError, TrainState, prepare_run_folder, restore_train_state, save_atomically, save_train_state
+from utils.checkpoint import (
+    CheckpointError,
+    TrainState,
+    newest_checkpoint_advice,
+    prepare_run_folder,
+    restore_train_state,
+    run_folder_lock,
+    save_atomically,
+    save_train_state,
+)
 from utils.config import (
     SAVED_CONFIG_NAME,
     ConfigError,
@@ -42,12 +51,14 @@ from utils.config import (
     save_config,
     with_derived_names,
 )
-from utils.distributed import DistributedContext, all_reduce_gradients, broadcast_object, distributed_session, end_process
+from utils.distributed import DistributedContext, all_reduce_gradients, broadcast_object, distributed_session, end_process, run_on_main
+from utils.files import DiskFullError
+from utils.finite import NonFiniteError, any_non_finite
 from utils.logging import MetricsFileError, RunLogger, SilentLogger
+from utils.run_lock import RunFolderError
 
-
-class NonFiniteLossError(RuntimeError):
-    pass
+# The key of the per-step check for non-finite weights among a step's deferred metric values.
+NON_FINITE_WEIGHTS = "non_finite_weights"
 
 
 def load_model_class(identifier: str, prefix: str = "models.") -> type:
@@ -220,13 +231,28 @@ class DeferredMetrics:
         return dict(zip(self.keys, self.host_values.tolist()))
 
 
-def build_train_state(config: PretrainConfig, metadata, context: DistributedContext) -> TrainState:
-    """Model, optimisers and step function at step 0; the ACT exploration RNG seeded per rank."""
+def build_train_state(config: PretrainConfig, metadata, context: DistributedContext, fingerprint: Optional[str] = None) -> TrainState:
+    """Model, optimisers and step function at step 0; the ACT exploration RNG seeded per rank.
+    `fingerprint`: the training data's dataset_fingerprint, stored in the checkpoints."""
     loss_head = build_loss_head(config, metadata, context)
     optimizers, base_lrs = build_optimizers(config, loss_head, context)
     total_steps = int(config.epochs * metadata.total_groups * metadata.mean_puzzle_examples / config.global_batch_size)
     torch.manual_seed(config.seed + context.rank)
-    return TrainState(loss_head=loss_head, step_fn=step_function(config, loss_head, context.device), optimizers=optimizers, base_lrs=base_lrs, carries=None, step=0, total_steps=total_steps)
+    return TrainState(loss_head=loss_head, step_fn=step_function(config, loss_head, context.device), optimizers=optimizers, base_lrs=base_lrs,
+                      carries=None, step=0, total_steps=total_steps, dataset_fingerprint=fingerprint)
+
+
+def updated_tensors(state: TrainState, device: torch.device) -> List[torch.Tensor]:
+    """What an optimiser step changes, on the training device: the parameters, the puzzle-embedding
+    table (a buffer, updated by its own optimiser) and the optimisers' moments. (Adam's step counts
+    live on the host; the save checks them.)"""
+    tensors = []
+    for optimizer in state.optimizers:
+        tensors += [tensor for group in optimizer.param_groups for tensor in group["params"] if tensor.is_floating_point()]
+        for parameter_state in optimizer.state.values():
+            tensors += [value for value in parameter_state.values()
+                        if isinstance(value, torch.Tensor) and value.is_floating_point() and value.device == device]
+    return tensors
 
 
 def split_batch(batch: Dict[str, torch.Tensor], parts: int) -> List[Dict[str, torch.Tensor]]:
@@ -272,19 +298,27 @@ def train_batch(config: PretrainConfig, state: TrainState, batch: Dict[str, torc
         optimizer.step()
         optimizer.zero_grad()
 
+    # The loss was computed before this update, so it cannot show an update that leaves a NaN or an
+    # infinity in the weights: one fused pass over them, read with the metrics.
+    values = torch.cat([values, any_non_finite(updated_tensors(state, context.device)).view(1)])
     if context.is_distributed:
         torch.distributed.all_reduce(values)
-    return DeferredMetrics(keys, values, state.step, lr)
+    return DeferredMetrics(keys + [NON_FINITE_WEIGHTS], values, state.step, lr)
 
 
 def finish_train_metrics(pending: DeferredMetrics, global_batch_size: int) -> Dict[str, float]:
     """Raw sums -> means (losses per sequence of the global batch, the rest per halted sequence).
-    Raises NonFiniteLossError on a NaN or infinite value, on every rank alike (the sums are all-reduced)."""
+    Raises NonFiniteError on a NaN or infinite metric, or weights made non-finite by the step's
+    update, on every rank alike (the values are all-reduced)."""
     raw = pending.values()
+    non_finite_weights = raw.pop(NON_FINITE_WEIGHTS)
     if not all(math.isfinite(value) for value in raw.values()):
-        raise NonFiniteLossError(
-            f"non-finite training metrics at step {pending.step}: {raw}. The run stops here; the newest "
-            "checkpoint was saved before this step. Lower lr, check the data, or resume=true from that checkpoint."
+        raise NonFiniteError(f"non-finite training metrics at step {pending.step}: {raw}. The run stops here; nothing of this step was saved.")
+    if non_finite_weights:
+        raise NonFiniteError(
+            f"the update of step {pending.step} left NaN or infinite values in the weights or the optimiser state "
+            "(its loss, computed before the update, was finite). "
+            "The run stops here; nothing of this step was saved."
         )
     count = max(raw["count"], 1)
     metrics = {f"train/{key}": value / (global_batch_size if key.endswith("loss") else count) for key, value in raw.items()}
@@ -363,30 +397,35 @@ def run_training(overrides: Sequence[str], context: DistributedContext) -> Optio
         saved = read_saved_config(config.checkpoint_path)
         config = config.model_copy(update={key: getattr(config, key) or getattr(saved, key) for key in ("project_name", "run_name")})
     config = broadcast_object(with_derived_names(config, config.arch.name.partition("@")[2]), context)
-    state = build_train_state(config, train_loader.metadata, context)
-    resume_from = prepare_run_folder(config, context)
-    if resume_from is not None:
-        restore_train_state(resume_from, config, state, train_loader, context)
+    state = build_train_state(config, train_loader.metadata, context, fingerprint=dataset_fingerprint(config.data_path))
 
-    if context.is_main:
-        save_config(config, config.checkpoint_path)
-        logger = RunLogger(config.checkpoint_path, config.project_name, config.run_name, config.model_dump(), config.wandb.mode, start_step=state.step)
-        parameters = sum(parameter.numel() for parameter in state.loss_head.parameters())
-        fused_kernels, compile_text = fused_kernels_in_use(state.loss_head.model), compile_description(state)
-        print(f"{config.run_name}: {parameters:,} parameters, {state.total_steps} steps, {context.world_size} process(es) on "
-              f"{context.device.type}, compile {compile_text}, attention {attention_description(state, context.device)}, "
-              f"fused kernels {fused_kernels}, checkpoints in {config.checkpoint_path}"
-              + (f", resuming from {os.path.basename(resume_from)}" if resume_from else ""))
-        hint = cuda_graphs_hint(fused_kernels, compile_text)
-        if hint:
-            print(f"Note: {hint}")
-    else:
-        logger = SilentLogger()
+    # Nothing is written in the run folder before its lock is held, and the lock goes at the end,
+    # whether the run finished or failed.
+    with run_folder_lock(config.checkpoint_path, context):
+        resume_from = prepare_run_folder(config, context)
+        if resume_from is not None:
+            restore_train_state(resume_from, config, state, train_loader, context)
+        logger = run_on_main(lambda: start_logging(config, state, resume_from, context), context) or SilentLogger()
+        try:
+            return _train_loop(config, state, train_loader, eval_loader, logger, context)
+        finally:
+            logger.close()
 
-    try:
-        return _train_loop(config, state, train_loader, eval_loader, logger, context)
-    finally:
-        logger.close()
+
+def start_logging(config: PretrainConfig, state: TrainState, resume_from: Optional[str], context: DistributedContext) -> RunLogger:
+    """The main rank's start: the run's config and metrics files, and one line about the run."""
+    save_config(config, config.checkpoint_path)
+    logger = RunLogger(config.checkpoint_path, config.project_name, config.run_name, config.model_dump(), config.wandb.mode, start_step=state.step)
+    parameters = sum(parameter.numel() for parameter in state.loss_head.parameters())
+    fused_kernels, compile_text = fused_kernels_in_use(state.loss_head.model), compile_description(state)
+    print(f"{config.run_name}: {parameters:,} parameters, {state.total_steps} steps, {context.world_size} process(es) on "
+          f"{context.device.type}, compile {compile_text}, attention {attention_description(state, context.device)}, "
+          f"fused kernels {fused_kernels}, checkpoints in {config.checkpoint_path}"
+          + (f", resuming from {os.path.basename(resume_from)}" if resume_from else ""))
+    hint = cuda_graphs_hint(fused_kernels, compile_text)
+    if hint:
+        print(f"Note: {hint}")
+    return logger
 
 
 # With stop_after_minutes, the clock is read every this many steps. Rank 0's clock decides for all
@@ -400,6 +439,19 @@ def time_is_up(config: PretrainConfig, start_time: float, step: int, context: Di
     return broadcast_object(time.monotonic() - start_time >= 60 * config.stop_after_minutes, context)
 
 
+# How to avoid the same divergence: resuming with the same settings repeats it bit for bit.
+DIVERGENCE_ADVICE = ("With the same settings a resumed run repeats these steps; a new run (another checkpoint_path) "
+                     "with a lower lr, or checked data, avoids them.")
+
+
+def check_eval_metrics(eval_metrics: Optional[Dict[str, Dict[str, float]]], step: int, folder: str) -> None:
+    """An evaluation with a NaN or infinite metric stops the run before anything of this step is saved."""
+    bad = [f"{set_name}/{key} {value}" for set_name, values in (eval_metrics or {}).items() for key, value in values.items() if not math.isfinite(value)]
+    if bad:
+        raise NonFiniteError(f"non-finite evaluation metrics at step {step} ({', '.join(bad)}). The run stops here; "
+                             f"nothing of this step was saved. {newest_checkpoint_advice(folder)} {DIVERGENCE_ADVICE}")
+
+
 def _train_loop(config, state: TrainState, train_loader, eval_loader, logger, context) -> Optional[Dict[str, Dict[str, float]]]:
     # Redirected output (a log file) gets a progress line every 30 s rather than a stream of redraws.
     refresh_seconds = 0.1 if sys.stderr.isatty() else 30
@@ -409,7 +461,10 @@ def _train_loop(config, state: TrainState, train_loader, eval_loader, logger, co
     stopping = False
 
     def log_train_metrics(pending: DeferredMetrics) -> None:
-        metrics = finish_train_metrics(pending, config.global_batch_size)
+        try:
+            metrics = finish_train_metrics(pending, config.global_batch_size)
+        except NonFiniteError as error:
+            raise NonFiniteError(f"{error} {newest_checkpoint_advice(config.checkpoint_path)} {DIVERGENCE_ADVICE}") from None
         metrics["time/elapsed_seconds"] = time.monotonic() - start_time  # since this process entered the training loop
         logger.log(metrics, step=pending.step)
 
@@ -443,6 +498,7 @@ def _train_loop(config, state: TrainState, train_loader, eval_loader, logger, co
 
         eval_start = time.monotonic()
         eval_metrics = evaluate(config, state, eval_loader, context, save_dir=config.checkpoint_path)
+        run_on_main(lambda: check_eval_metrics(eval_metrics, state.step, config.checkpoint_path), context)
         if context.is_main and eval_metrics is not None:
             flat = {f"{set_name}/{key}": value for set_name, values in eval_metrics.items() for key, value in values.items()}
             flat["time/eval_seconds"] = time.monotonic() - eval_start
@@ -469,7 +525,7 @@ def main() -> None:
         return
     try:
         launch(sys.argv[1:] + environment_overrides(os.environ))
-    except (ConfigError, DatasetError, NonFiniteLossError, FileNotFoundError, CheckpointError, MetricsFileError) as error:
+    except (ConfigError, DatasetError, NonFiniteError, FileNotFoundError, CheckpointError, MetricsFileError, RunFolderError, DiskFullError) as error:
         print(f"error: {error}", file=sys.stderr)
         end_process(1)
     end_process(0)

@@ -11,8 +11,10 @@ on synthetic batches of a named shape.
 Prints one JSON line per variant on stdout (everything else goes to stderr): compile time (the first
 step), median and p90 step time, tokens/s, analytic FLOPs, achieved TFLOP/s and fraction of peak,
 peak memory (over the whole variant, warm-up included: CUDA graphs take their memory when they are
-recorded, in the warm-up, and their replays allocate nothing). Under torchrun every process takes its slice of each global batch, as in training;
-rank 0 reports its step times and memory, and the FLOP rate over all GPUs together.
+recorded, in the warm-up, and their replays allocate nothing), and the time of the per-step check for
+non-finite weights (weight_check_ms, timed alone; the step times include it). Under torchrun every
+process takes its slice of each global batch, as in training; rank 0 reports its step times and
+memory, and the FLOP rate over all GPUs together.
 A variant is one or more parts joined by '+':
     default                       as training runs: compiled on CUDA (unless DISABLE_COMPILE), eager on CPU
     eager | compile               torch.compile off | on (the training code path, config.compile)
@@ -64,6 +66,7 @@ from models.fused import FAMILIES, apply_fused_kernels, fused_kernels_in_use  # 
 from models.losses import IGNORE_LABEL_ID  # noqa: E402
 from utils.config import ConfigError, PretrainConfig, check_world_size, environment_overrides, load_config, validate_config  # noqa: E402
 from utils.distributed import DistributedContext, distributed_session, end_process  # noqa: E402
+from utils.finite import any_non_finite  # noqa: E402
 
 # Dense bf16 matrix-product rate measured on one H100 80GB (8192^3 products); the H200 has the same
 # compute. Other devices have no default: pass --peak-tflops.
@@ -311,6 +314,17 @@ def run_steps(config: PretrainConfig, state, batches, context: DistributedContex
         pretrain.finish_train_metrics(pending, config.global_batch_size)
 
 
+def weight_check_ms(state, device: torch.device, repeats: int = 20) -> float:
+    """Median time of the check that every training step makes for non-finite weights and optimiser
+    state (one fused pass, pretrain.train_batch), timed alone: its cost inside each timed step."""
+    clock = StepClock(device)
+    for _ in range(repeats):
+        clock.mark()
+        any_non_finite(pretrain.updated_tensors(state, device))
+    clock.mark()
+    return float(np.median(clock.step_ms()))
+
+
 def memory_gib(device: torch.device) -> Optional[float]:
     return round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda" else None
 
@@ -382,6 +396,7 @@ def benchmark_variant(variant: Variant, base_config: PretrainConfig, metadata: P
         run_steps(config, state, batches, context, args.steps, clock)
         step_ms = clock.step_ms()
         peak_memory = memory_gib(device)
+        check_ms = weight_check_ms(state, device)
 
         if args.profile:
             folder = args.profile if len(args.variants) == 1 else os.path.join(args.profile, re.sub(r"[^\w.-]", "_", variant.name))
@@ -423,6 +438,9 @@ def benchmark_variant(variant: Variant, base_config: PretrainConfig, metadata: P
         "timed_steps": args.steps,
         "step_ms_median": round(median_ms, 3),
         "step_ms_p90": round(p90_ms, 3),
+        # The per-step check for non-finite weights, included in the step times above.
+        "weight_check_ms": round(check_ms, 4),
+        "weight_check_share": round(check_ms / median_ms, 5),
         "tokens_per_s": round(tokens / (median_ms * 1e-3), 1),
         "flops_per_step": flops,
         "achieved_tflops": round(achieved_tflops, 3),

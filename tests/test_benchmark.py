@@ -73,6 +73,8 @@ def test_tiny_cpu_run_reports_a_sane_json_line():
     assert (record["warmup_steps"], record["timed_steps"]) == (1, 3)
     assert record["compile_seconds"] > 0
     assert 0 < record["step_ms_median"] <= record["step_ms_p90"]
+    assert 0 < record["weight_check_ms"] < record["step_ms_median"]
+    assert record["weight_check_share"] == pytest.approx(record["weight_check_ms"] / record["step_ms_median"], abs=1e-4)
     assert record["flops_per_step"] == 1_599_766_528  # the tiny shape is the hand-counted model above
     assert record["tokens_per_s"] == pytest.approx(8 * 82 / (record["step_ms_median"] / 1e3), rel=1e-3)
     assert record["achieved_tflops"] == pytest.approx(record["flops_per_step"] / (record["step_ms_median"] / 1e3) / 1e12, abs=1e-3)

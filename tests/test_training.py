@@ -14,36 +14,25 @@ import yaml
 
 import evaluate
 import pretrain
-from tests.tiny_runs import REPO_ROOT, build_tiny_sudoku, tiny_overrides, training_environment
+from tests.tiny_runs import (
+    CPU,
+    REPO_ROOT,
+    build_tiny_sudoku,
+    final_weights,
+    run_script,
+    run_torchrun,
+    tiny_overrides,
+    train_in_process,
+    training_environment,
+)
 from utils.checkpoint import CheckpointError, list_checkpoints
 from utils.config import ConfigError, environment_overrides
-from utils.distributed import DistributedContext
 from utils.logging import read_metrics
-
-CPU = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     return build_tiny_sudoku(str(tmp_path_factory.mktemp("data")))
-
-
-def train_in_process(overrides):
-    torch.set_num_threads(1)
-    return pretrain.run_training(overrides, CPU)
-
-
-def run_script(arguments, **kwargs):
-    return subprocess.run([sys.executable, *arguments], cwd=REPO_ROOT, env=training_environment(), capture_output=True, text=True, **kwargs)
-
-
-def run_torchrun(processes, arguments):
-    """`torchrun --nproc-per-node processes` of a script and its arguments (gloo on the CPU)."""
-    return run_script(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes), *arguments], timeout=300)
-
-
-def final_weights(folder):
-    return torch.load(list_checkpoints(folder)[-1], weights_only=False)
 
 
 def without_timings(records):
@@ -400,7 +389,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(datase
 
     monkeypatch.setattr(ACTLossHead, "forward", forward_turning_nan_at_step_7)
     run = str(tmp_path / "run")
-    with pytest.raises(pretrain.NonFiniteLossError, match="step 7"):
+    with pytest.raises(pretrain.NonFiniteError, match="step 7"):
         train_in_process(tiny_overrides(dataset, run, checkpoint_every_steps=3))
     assert [os.path.basename(path) for path in list_checkpoints(run)] == ["step_3.pt", "step_6.pt"]
 

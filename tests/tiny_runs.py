@@ -1,11 +1,18 @@
-"""Shared pieces of the training tests: a tiny real dataset and a tiny CPU config."""
+"""Shared pieces of the training tests: a tiny real dataset, a tiny CPU config, and ways to run it."""
 
 import csv
 import os
 import subprocess
 import sys
 
+import torch
+
+import pretrain
+from utils.checkpoint import list_checkpoints
+from utils.distributed import DistributedContext
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CPU = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 SUDOKU_SAMPLE = os.path.join(REPO_ROOT, "dataset", "samples", "sudoku-extreme")
 
 
@@ -65,3 +72,21 @@ def training_environment() -> dict:
     environment.pop("WORLD_SIZE", None)
     environment.pop("RANK", None)
     return environment
+
+
+def train_in_process(overrides):
+    torch.set_num_threads(1)
+    return pretrain.run_training(overrides, CPU)
+
+
+def run_script(arguments, **kwargs):
+    return subprocess.run([sys.executable, *arguments], cwd=REPO_ROOT, env=training_environment(), capture_output=True, text=True, **kwargs)
+
+
+def run_torchrun(processes, arguments):
+    """`torchrun --nproc-per-node processes` of a script and its arguments (gloo on the CPU)."""
+    return run_script(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes), *arguments], timeout=300)
+
+
+def final_weights(folder):
+    return torch.load(list_checkpoints(folder)[-1], weights_only=False)

@@ -90,6 +90,7 @@ class PretrainConfig(StrictModel):
     eval_save_outputs: List[str] = []
 
     resume: bool = False
+    allow_dataset_change: bool = False
     checkpoint_every_steps: Optional[int] = None
     keep_checkpoints: Optional[int] = None
     stop_after_minutes: Optional[float] = None

@@ -163,6 +163,16 @@ def test_a_full_disk_stops_the_run_and_a_resume_after_freeing_space_finishes_it(
         assert torch.equal(expected["model"][key], actual["model"][key]), key
 
 
+def test_every_process_of_a_torchrun_stops_when_rank_0_finds_the_disk_full(dataset, tmpfs):
+    # Rank 0 writes the checkpoints; the others must stop with its error rather than wait for it.
+    disk = tmpfs.mount("disk", "2m")
+    run = disk / "run"
+    result = run_torchrun(2, ["pretrain.py", *tiny_overrides(dataset, str(run), checkpoint_every_steps=5, keep_checkpoints=1)])
+    assert result.returncode != 0
+    assert result.stderr.count(f"error: no space left on the disk for {run / 'step_10.pt'}: it needs 1,4") == 2, result.stderr
+    assert sorted(os.listdir(run)) == ["all_config.yaml", "metrics.jsonl", "step_5.pt"]
+
+
 class FillingUpFile:
     """The metrics file on a disk that fills up during the third record: part of it is written,
     then the operating system reports no space left."""

@@ -153,7 +153,7 @@ def test_benchmark_variants_apply_their_families(monkeypatch):
         FAMILIES, ("block", "swiglu"), ("swiglu",), (), None]
     use_reference_kernels(monkeypatch)
     records = main(["--shape", "tiny", "--steps", "1", "--warmup", "1", "--compare", "eager+fused,eager+fused-block,eager+fused-swiglu",
-                    "--arch", "fused_kernels=true"])
+                    "--override", "arch.fused_kernels=true"])
     assert [record.get("error") for record in records] == [None] * 3
     # The variant, not arch.fused_kernels, decides.
     assert [record["fused_kernel"] for record in records] == ["reference block, reference MLP with gradient", "reference block", "reference SwiGLU"]

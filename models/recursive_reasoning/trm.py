@@ -33,7 +33,8 @@ class TinyRecursiveReasoningModel_ACTV1Config(HierarchicalReasoningModel_ACTV1Co
     # Positions in front of the tokens for the puzzle embedding; 0: ceil(puzzle_emb_ndim / hidden_size).
     puzzle_emb_len: int = 16
     no_ACT_continue: bool = True
-    # Accepted so that the arch.* keys shared with HRM and saved configs work; TRM runs no fused kernels.
+    # Opt-in fused GPU kernels (models/fused/), which pretrain.py applies to the built model; the model
+    # itself ignores this key.
     fused_kernels: bool = False
 
     # HRM's check without H_layers, which TRM ignores (its recipes set 0).

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -261,3 +262,40 @@ def test_bad_arguments_are_refused_with_a_clear_message(capsys):
     # A variant's config is validated as training validates it.
     with pytest.raises(ConfigError, match="Set gradient_accumulation_steps=1 \\(now 2\\) or cuda_graphs=false"):
         main(["--shape", "tiny", "--gradient-accumulation-steps", "2", "--compare", "cuda-graphs"])
+
+
+def test_curve_check_trains_trm_and_compares_a_lever_with_the_plain_path_on_the_cpu(tmp_path):
+    # ARCH=trm: TRM's Sudoku recipe through scripts/reproduce_sudoku_1k.sh, stopped after STEPS steps;
+    # the overrides after it shrink the model. The padded mlp_t layout learns the same curve.
+    data = tmp_path / "sudoku"
+    subprocess.run([sys.executable, "dataset/build_sudoku_dataset.py", "--source-repo", "dataset/samples/sudoku-extreme", "--output-dir", str(data),
+                    "--subsample-size", "40"], cwd=REPO_ROOT, check=True, capture_output=True)
+    tiny = ["wandb.mode=disabled", "global_batch_size=20", "arch.hidden_size=16", "arch.num_heads=2", "arch.expansion=2", "arch.H_cycles=2",
+            "arch.L_cycles=1", "arch.halt_max_steps=2"]
+    # The recipe script runs `python`: this interpreter's.
+    environment = {**os.environ, "ARCH": "trm", "STEPS": "3", "DATA": str(data), "CUDA_VISIBLE_DEVICES": "",
+                   "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    for name, lever in (("plain", []), ("padded", ["arch.fused_kernels=[mlp_t_padded]"])):
+        result = subprocess.run(["bash", "benchmarks/curve_check.sh", str(tmp_path / name), *tiny, *lever], cwd=REPO_ROOT, env=environment,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+        assert f"{tmp_path / name}: 3 steps in {tmp_path / name}/metrics.jsonl" in result.stdout
+    assert "fused kernels mlp_t padded to 112 positions" in result.stdout
+
+    with open(tmp_path / "plain" / "all_config.yaml") as file:
+        config = yaml.safe_load(file)
+    assert config["arch"]["name"] == "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1"
+    assert (config["arch"]["mlp_t"], config["arch"]["pos_encodings"], config["arch"]["L_layers"], config["arch"]["L_cycles"]) == (True, "none", 2, 1)
+    assert (config["epochs"], config["eval_interval"], config["lr"], config["weight_decay"]) == (50000, 5000, 1e-4, 1.0)
+
+    result = subprocess.run([sys.executable, "benchmarks/compare_curves.py", str(tmp_path / "plain" / "metrics.jsonl"),
+                             str(tmp_path / "padded" / "metrics.jsonl"), "--steps", "3"], cwd=REPO_ROOT, check=True, capture_output=True, text=True)
+    comparison = json.loads(result.stdout)
+    assert comparison["steps"] == 3
+    assert comparison["train/lm_loss"]["max_abs_difference"] < 1e-5 * comparison["train/lm_loss"]["reference_last50_mean"]
+
+
+def test_curve_check_refuses_an_unknown_arch(tmp_path):
+    result = subprocess.run(["bash", "benchmarks/curve_check.sh", str(tmp_path / "run")], cwd=REPO_ROOT, env={**os.environ, "ARCH": "gpt"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "ARCH=gpt: use hrm or trm" in result.stderr

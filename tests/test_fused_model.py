@@ -25,7 +25,7 @@ from utils.config import load_config
 from utils.distributed import DistributedContext
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CORE_MODULES = ["models.hrm.hrm_act_v1", "models.layers", "models.attention", "models.kernel_choice", "models.losses",
+CORE_MODULES = ["models.hrm.hrm_act_v1", "models.recursive_reasoning.trm", "models.recurrent_inner", "models.act", "models.layers", "models.attention", "models.kernel_choice", "models.losses",
                 "models.common", "models.sparse_embedding"]
 
 

@@ -10,14 +10,20 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from models.fused import apply_fused_kernels, block, fused_kernels_in_use, mlp, mlp_t
+import pretrain
+from benchmarks.train_step import ARCHS, SHAPES, shape_metadata
+from models.fused import FAMILIES, MLP_T_LAYOUTS, apply_fused_kernels, block, fused_kernels_in_use, mlp, mlp_t
+from models.hrm.hrm_act_v1 import FUSED_KERNEL_CHOICES
 from models.losses import ACTLossHead
 from models.recursive_reasoning.trm import TinyRecursiveReasoningModel_ACTV1
 from tests.fused_kernels import apply_on_cpu, use_reference_kernels
 from tests.test_model_act import assert_training_calls_match, make_batch, training_calls
 from tests.test_model_reference import relative_error
+from utils.config import ConfigError, load_config
+from utils.distributed import DistributedContext
 
-# Small, with shapes the kernels take (hidden and head_dim multiples of 16); 20 + 2 positions, padded to 32.
+# Small, with shapes the kernels take (hidden and head_dim multiples of 16); 20 + 2 positions, padded to
+# 32 (mlp_t_padded) or, for the kernels, to 64.
 CONFIG = dict(
     batch_size=3, seq_len=20, puzzle_emb_ndim=64, num_puzzle_identifiers=4, vocab_size=6, puzzle_emb_len=2,
     H_cycles=2, L_cycles=2, L_layers=2, hidden_size=64, expansion=2, num_heads=2,
@@ -82,20 +88,20 @@ def test_mlp_t_blocks_take_the_mlp_families_over_padded_positions_and_compute_th
     fused, plain, batch = same_heads(**MLP_T)
     before = state(fused)
     description = apply_on_cpu(fused, calls)
-    assert description == ("mlp_t padded to 32 positions, reference mlp_t SwiGLU, reference mlp_t with gradient, "
+    assert description == ("mlp_t padded to 64 positions, reference mlp_t SwiGLU, reference mlp_t with gradient, "
                            "reference SwiGLU, reference MLP with gradient")
     assert not isinstance(fused.model.inner.L_level, block.FusedReasoningModule)  # no attention to fuse
     for layer in fused.model.inner.L_level.layers:
-        assert isinstance(layer.mlp_t, mlp_t.PaddedSwiGLU) and layer.mlp_t.padded_size == 32
+        assert isinstance(layer.mlp_t, mlp_t.PaddedSwiGLU) and layer.mlp_t.padded_size == 64
         assert type(layer.mlp) is mlp.FusedSwiGLU
     assert state(fused) == before
     assert_training_calls_close(training_calls(fused.train(), batch), training_calls(plain.train(), batch))
-    # The kernels run on mlp_t's rows (batch x hidden, 32 positions wide) and on the channel MLP's
+    # The kernels run on mlp_t's rows (batch x hidden, 64 positions wide) and on the channel MLP's
     # (batch x positions, hidden wide): 2 blocks x 3 passes each way, 3 calls.
     by_shape = {shape: calls["swiglu"].count(shape) for shape in set(calls["swiglu"])}
-    assert by_shape == {torch.Size([3 * 64, 32]): 18, torch.Size([3 * 22, 64]): 18}
+    assert by_shape == {torch.Size([3 * 64, 64]): 18, torch.Size([3 * 22, 64]): 18}
     by_shape = {shape: calls["mlp"].count(shape) for shape in set(calls["mlp"])}
-    assert by_shape == {torch.Size([3 * 64, 32]): 18, torch.Size([3 * 22, 64]): 18}
+    assert by_shape == {torch.Size([3 * 64, 64]): 18, torch.Size([3 * 22, 64]): 18}
 
 
 @pytest.mark.parametrize("layout, description", [("mlp_t_padded", "mlp_t padded to 32 positions"), ("mlp_t_left", "mlp_t weights from the left")])
@@ -172,3 +178,52 @@ def test_trm_with_levers_compiles_to_one_graph_and_computes_the_same(monkeypatch
 
     compiled_calls = one_call(changed, torch.compile(changed.train(), backend="aot_eager", fullgraph=True))
     assert_training_calls_match(compiled_calls, one_call(plain, plain.train()))
+
+
+def pretrain_description(fused_kernels: str) -> str:
+    """What pretrain.py's loss head for TRM's recipe at the tiny shape runs, given arch.fused_kernels."""
+    shape = SHAPES["tiny"]
+    config = load_config(["data_path=synthetic", f"global_batch_size={shape.batch}", "wandb.mode=disabled", *ARCHS["trm"],
+                          f"arch.fused_kernels={fused_kernels}", "++arch.forward_dtype=float32"] + [f"++arch.{item}" for item in shape.arch])
+    context = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    return fused_kernels_in_use(pretrain.build_loss_head(config, shape_metadata(shape, 1), context).model)
+
+
+def test_pretrain_applies_what_arch_fused_kernels_names(monkeypatch):
+    assert FUSED_KERNEL_CHOICES == FAMILIES + MLP_T_LAYOUTS  # the config's list is the package's
+    assert pretrain_description("[mlp_t_left]") == "mlp_t weights from the left"
+    assert pretrain_description("true") == "off"  # no kernel on the CPU, and true applies no layout
+    use_reference_kernels(monkeypatch)
+    assert pretrain_description("true") == ("mlp_t padded to 128 positions, reference mlp_t SwiGLU, reference mlp_t with gradient, "
+                                            "reference SwiGLU, reference MLP with gradient")
+    assert pretrain_description("[mlp,mlp_t_left]") == "mlp_t weights from the left, reference MLP with gradient"
+    assert pretrain_description("[]") == pretrain_description("false") == "off"
+    with pytest.raises(ConfigError, match=r"arch.fused_kernels: unknown \['mlp_t_right'\]: give true \(every kernel family\), false, "
+                                          "or a list of block, swiglu, mlp, mlp_t_padded, mlp_t_left"):
+        pretrain_description("[mlp_t_right]")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("families", [("mlp_t_padded",), ("mlp_t_left",), FAMILIES], ids=lambda f: "+".join(f))
+def test_levers_on_gpu_track_the_pytorch_path_in_bfloat16(families):
+    if families == FAMILIES:
+        pytest.importorskip("quack.gemm_interface")
+    # TRM's Sudoku recipe at a smaller hidden size: 81 cells + 16 puzzle positions, mlp_t, no positions.
+    shape = dict(MLP_T, batch_size=16, seq_len=81, puzzle_emb_len=16, hidden_size=128, puzzle_emb_ndim=128, L_cycles=3)
+    changed, plain, batch = same_heads(**shape, forward_dtype="bfloat16")
+    float32, _, _ = same_heads(**shape, forward_dtype="float32")
+    description = apply_fused_kernels(changed.cuda().model, torch.device("cuda"), families)
+    if families == FAMILIES:
+        assert description.startswith("mlp_t padded to 128 positions, quack mlp_t SwiGLU, quack mlp_t with gradient"), description
+    batch = {key: value.cuda() for key, value in batch.items()}
+    results = []
+    for head in (changed, plain.cuda(), float32.cuda()):
+        torch.manual_seed(1)
+        carry, loss, _, outputs, _ = torch.compile(head.train(), fullgraph=True)(carry=head.initial_carry(batch), batch=batch, return_keys=["logits"])
+        loss.backward()
+        results.append((loss.detach().float(), outputs["logits"].float(), carry.inner_carry.z_H.float()))
+    (changed_loss, *changed_states), (plain_loss, *plain_states), (float32_loss, *float32_states) = results
+    # The lever's bfloat16 run stays as close to the float32 model as PyTorch's own bfloat16 path does.
+    for value, plain_value, reference in zip(changed_states, plain_states, float32_states):
+        assert relative_error(value, reference) < 1.5 * relative_error(plain_value, reference)
+    assert relative_error(changed_loss, float32_loss) < 3e-3

@@ -113,15 +113,17 @@ def fused_kernels_in_use(model: nn.Module) -> str:
 
 
 def _mlp_t_layout(layer: nn.Module, families: Sequence[str], gradient_free: Optional[str], with_gradient: Optional[str]) -> nn.Module:
-    """A TRM block with mlp_t: as it is, with its mlp_t padded (to the PyTorch products or the
-    kernels given, which need the padding), or replaced by the block that multiplies from the left."""
+    """A TRM block with mlp_t: as it is; with its mlp_t padded for the kernels given (which need the
+    padding), else for PyTorch's products where "mlp_t_padded" asks; or replaced by the block that
+    multiplies from the left."""
     if "mlp_t_left" in families:
         return mlp_t.LeftMultipliedBlock(layer)
-    padded = mlp_t.padded_positions(layer.mlp_t.down_proj.weight.shape[0])
-    if not mlp.supported(layer.mlp_t, hidden_size=padded):
-        gradient_free = with_gradient = None
-    if "mlp_t_padded" in families or gradient_free is not None or with_gradient is not None:
-        layer.mlp_t = mlp_t.PaddedSwiGLU(layer.mlp_t, padded, gradient_free, with_gradient)
+    positions = layer.mlp_t.down_proj.weight.shape[0]
+    kernel_width = mlp_t.padded_positions(positions, mlp_t.KERNEL_POSITION_MULTIPLE)
+    if (gradient_free is not None or with_gradient is not None) and mlp.supported(layer.mlp_t, hidden_size=kernel_width):
+        layer.mlp_t = mlp_t.PaddedSwiGLU(layer.mlp_t, kernel_width, gradient_free, with_gradient)
+    elif "mlp_t_padded" in families:
+        layer.mlp_t = mlp_t.PaddedSwiGLU(layer.mlp_t, mlp_t.padded_positions(positions), None, None)
     return layer
 
 

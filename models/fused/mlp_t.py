@@ -10,8 +10,9 @@ the order in which the products accumulate:
 
 - "mlp_t_padded" (`PaddedSwiGLU`): the position axis zero-padded to a multiple of 16, in the
   activations and in the weights (zero gate/up columns, zero down rows), so that every product is
-  aligned; padded positions add exact zeros and are cut off the output. Aligned, the SwiGLU can run
-  the "swiglu" and "mlp" kernels of mlp.py, which apply_fused_kernels then gives it.
+  aligned; padded positions add exact zeros and are cut off the output. Padded (to a multiple of 64
+  for them), the SwiGLU can run the "swiglu" and "mlp" kernels of mlp.py, which apply_fused_kernels
+  then gives it.
 - "mlp_t_left" (`LeftMultipliedBlock`): the weights multiply the state from the left, per
   sequence: gate/up = W_gu [2 * inner, positions] @ x [positions, hidden], out = W_d @ (silu(gate)
   * up), the RMSNorm over axis 1. The state keeps its layout: the products' activations are rows
@@ -32,12 +33,15 @@ from models.fused.mlp import FusedSwiGLU
 from models.layers import CosSin, SwiGLU, rms_norm
 from models.recursive_reasoning.trm import TinyRecursiveReasoningModel_ACTV1Block
 
-# Rows of 16 bfloat16 values: 32 bytes, aligned for cuBLAS's vector loads and quack's tiles.
+# Rows of 16 bfloat16 values (32 bytes) are aligned for cuBLAS's vector loads. The kernels of mlp.py
+# read the contraction 64 columns at a time and were checked at such widths (mlp.check_*), so with
+# them the axis is padded to a multiple of 64.
 POSITION_MULTIPLE = 16
+KERNEL_POSITION_MULTIPLE = 64
 
 
-def padded_positions(positions: int) -> int:
-    return -(positions // -POSITION_MULTIPLE) * POSITION_MULTIPLE
+def padded_positions(positions: int, multiple: int = POSITION_MULTIPLE) -> int:
+    return -(positions // -multiple) * multiple
 
 
 class PaddedSwiGLU(FusedSwiGLU):

@@ -7,7 +7,7 @@ one-step gradient approximation). The ACT wrapper carries (z_H, z_L) across call
 sequence when to stop, with a Q-head trained to predict whether the answer is already right.
 """
 
-from typing import List, Literal, Optional, Tuple
+from typing import List, Literal, Optional, Tuple, Union
 
 import torch
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
@@ -16,6 +16,10 @@ from torch import nn
 from models.act import ACTCarry, ACTWrapper
 from models.layers import Attention, CosSin, SwiGLU, rms_norm
 from models.recurrent_inner import InnerCarry, RecurrentInner
+
+
+# What arch.fused_kernels may list: the kernel families and mlp_t layouts of models/fused/.
+FUSED_KERNEL_CHOICES = ("block", "swiglu", "mlp", "mlp_t_padded", "mlp_t_left")
 
 
 class HierarchicalReasoningModel_ACTV1Config(BaseModel):
@@ -45,9 +49,9 @@ class HierarchicalReasoningModel_ACTV1Config(BaseModel):
     no_ACT_continue: bool = False
 
     forward_dtype: str = "bfloat16"
-    # Opt-in fused GPU kernels (models/fused/), which pretrain.py applies to the built model; the model
-    # itself ignores this key.
-    fused_kernels: bool = False
+    # Opt-in speed code (models/fused/), which pretrain.py applies to the built model; the model itself
+    # ignores this key. true: every fused kernel family; or a list of families and mlp_t layouts.
+    fused_kernels: Union[bool, List[str]] = False
 
     @field_validator("batch_size", "seq_len", "num_puzzle_identifiers", "vocab_size", "H_cycles", "L_cycles",
                      "H_layers", "L_layers", "hidden_size", "num_heads", "halt_max_steps")
@@ -55,6 +59,14 @@ class HierarchicalReasoningModel_ACTV1Config(BaseModel):
     def _positive(cls, value: int) -> int:
         if value < 1:
             raise ValueError(f"must be >= 1, got {value}")
+        return value
+
+    @field_validator("fused_kernels")
+    @classmethod
+    def _known_fused_kernels(cls, value: Union[bool, List[str]]) -> Union[bool, List[str]]:
+        unknown = [name for name in value if name not in FUSED_KERNEL_CHOICES] if isinstance(value, list) else []
+        if unknown:
+            raise ValueError(f"unknown {unknown}: give true (every kernel family), false, or a list of {', '.join(FUSED_KERNEL_CHOICES)}")
         return value
 
     @field_validator("forward_dtype")

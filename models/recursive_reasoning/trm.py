@@ -33,9 +33,6 @@ class TinyRecursiveReasoningModel_ACTV1Config(HierarchicalReasoningModel_ACTV1Co
     # Positions in front of the tokens for the puzzle embedding; 0: ceil(puzzle_emb_ndim / hidden_size).
     puzzle_emb_len: int = 16
     no_ACT_continue: bool = True
-    # Opt-in fused GPU kernels (models/fused/), which pretrain.py applies to the built model; the model
-    # itself ignores this key.
-    fused_kernels: bool = False
 
     # HRM's check without H_layers, which TRM ignores (its recipes set 0).
     @field_validator("batch_size", "seq_len", "num_puzzle_identifiers", "vocab_size", "H_cycles", "L_cycles",

@@ -430,10 +430,11 @@ def benchmark_variant(variant: Variant, base_config: PretrainConfig, metadata: P
             folder = args.profile if len(args.variants) == 1 else os.path.join(args.profile, re.sub(r"[^\w.-]", "_", variant.name))
             profile_steps(folder, config, state, batches, context)
 
-        backend = attention.attention_backend(seq_len, device, dtype, head_dim)
-    if not any(isinstance(module, Attention) for module in model.modules()):
-        backend = "none"  # TRM with mlp_t
-    elif variant.sdpa_backend is not None:
+        if any(isinstance(module, Attention) for module in model.modules()):
+            backend = attention.attention_backend(seq_len, device, dtype, head_dim)
+        else:
+            backend = "none"  # TRM with mlp_t
+    if variant.sdpa_backend is not None and backend != "none":
         backend = f"{backend} ({variant.sdpa_backend.name})"
 
     median_ms, p90_ms = float(np.median(step_ms)), float(np.percentile(step_ms, 90))

@@ -29,11 +29,13 @@ rm -rf "$RUN"
 # Its own process group, so that stopping it stops pretrain.py too.
 RUN="$RUN" setsid bash "$RECIPE" "${ARCH_OVERRIDES[@]}" "${@:2}" &
 TRAINING=$!
+# However this script ends (done, failed, or stopped by timeout or Ctrl-C), the run stops with it
+# (it may have finished on its own).
+trap 'kill -- -$TRAINING 2>/dev/null || true; wait $TRAINING 2>/dev/null || true' EXIT
+trap 'exit 143' TERM INT
 # The metrics file gains one line per step; stop the run once it holds STEPS of them.
 until [ -f "$RUN/metrics.jsonl" ] && [ "$(grep -c train/lm_loss "$RUN/metrics.jsonl")" -ge "$STEPS" ]; do
   kill -0 $TRAINING 2>/dev/null || { echo "the run in $RUN stopped before step $STEPS" >&2; exit 1; }
   sleep 2
 done
-kill -- -$TRAINING 2>/dev/null || true  # it may have finished on its own
-wait $TRAINING 2>/dev/null || true
 echo "$RUN: $STEPS steps in $RUN/metrics.jsonl"

@@ -295,6 +295,21 @@ def test_curve_check_trains_trm_and_compares_a_lever_with_the_plain_path_on_the_
     assert comparison["train/lm_loss"]["max_abs_difference"] < 1e-5 * comparison["train/lm_loss"]["reference_last50_mean"]
 
 
+def test_a_stopped_curve_check_leaves_no_training_behind(tmp_path):
+    # A check stopped from outside (timeout, Ctrl-C) stops its run too, instead of leaving it on the machine.
+    data, run = tmp_path / "sudoku", tmp_path / "run"
+    subprocess.run([sys.executable, "dataset/build_sudoku_dataset.py", "--source-repo", "dataset/samples/sudoku-extreme", "--output-dir", str(data),
+                    "--subsample-size", "20"], cwd=REPO_ROOT, check=True, capture_output=True)
+    environment = {**os.environ, "STEPS": "100000", "DATA": str(data), "CUDA_VISIBLE_DEVICES": "",
+                   "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    command = ["timeout", "20", "bash", "benchmarks/curve_check.sh", str(run), "wandb.mode=disabled", "global_batch_size=10",
+               "arch.hidden_size=16", "arch.num_heads=2", "arch.H_layers=1", "arch.L_layers=1", "arch.H_cycles=1", "arch.L_cycles=1"]
+    result = subprocess.run(command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 124, result.stderr  # stopped by timeout, not finished or failed
+    assert (run / "metrics.jsonl").exists()  # it had been training
+    assert subprocess.run(["pgrep", "-f", str(run)], capture_output=True).returncode == 1  # no process names the run any more
+
+
 def test_curve_check_refuses_an_unknown_arch(tmp_path):
     result = subprocess.run(["bash", "benchmarks/curve_check.sh", str(tmp_path / "run")], cwd=REPO_ROOT, env={**os.environ, "ARCH": "gpt"},
                             capture_output=True, text=True, timeout=60)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from dataset.common import DatasetError, dataset_fingerprint
 from models.attention import attention_backend
-from models.fused import apply_fused_kernels, fused_kernels_in_use
+from models.fused import FAMILIES, apply_fused_kernels, fused_kernels_in_use
 from models.optimizers import build_adam_atan2
 from models.sparse_embedding import CastedSparseEmbeddingSignSGD_Distributed
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
@@ -185,7 +185,8 @@ def build_loss_head(config: PretrainConfig, metadata, context: DistributedContex
     if model.config.fused_kernels:
         # Opt-in speed code: swaps in fused modules that hold the same parameters, so the state dict
         # and the optimisers are unchanged; each kernel is used only where it checks out on this device.
-        apply_fused_kernels(model, context.device)
+        families = FAMILIES if model.config.fused_kernels is True else model.config.fused_kernels
+        apply_fused_kernels(model, context.device, families)
     return loss_head
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+from pydantic import BaseModel
 from torch import nn
 
 from models.ema import EMAHelper
@@ -174,8 +175,12 @@ def read_checkpoint(path: str, config: PretrainConfig) -> Dict[str, Any]:
 def with_defaults_of_newer_keys(saved: dict) -> dict:
     """A checkpoint's config with the defaults of the keys added to PretrainConfig since it was written:
     the run was trained as if it had them at their defaults."""
-    defaults = {name: field.get_default(call_default_factory=True) for name, field in PretrainConfig.model_fields.items() if not field.is_required()}
-    return {**{name: value.model_dump() if hasattr(value, "model_dump") else value for name, value in defaults.items()}, **saved}
+    defaults = {}
+    for name, field in PretrainConfig.model_fields.items():
+        if not field.is_required():
+            value = field.get_default(call_default_factory=True)
+            defaults[name] = value.model_dump() if isinstance(value, BaseModel) else value
+    return {**defaults, **saved}
 
 
 def config_changes(saved: dict, current: dict, prefix: str = "") -> List[str]:

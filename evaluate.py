@@ -1,10 +1,12 @@
 """Evaluate a checkpoint on its dataset's test split and save the predictions.
 
     python evaluate.py checkpoint=checkpoints/<project>/<run>/step_N.pt
-    torchrun --nproc-per-node 8 evaluate.py checkpoint=<file> [output_dir=DIR] [data_path=DIR] [global_batch_size=N]
+    torchrun --nproc-per-node 8 evaluate.py checkpoint=<file> [output_dir=DIR] [data_path=DIR] [global_batch_size=N] [ema=false]
 
 Reads `all_config.yaml` from the checkpoint's folder, accepts our full checkpoints and the original's
 weights-only `step_N` files, prints the metrics per set and writes `step_N_all_preds.<rank>`.
+A checkpoint of a run with ema=true is evaluated with its EMA weights, as training's evaluations
+were; ema=false evaluates its raw (last trained) weights instead.
 """
 
 import os
@@ -16,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from models.state_dict import load_model_state_dict
 from pretrain import build_loss_head, create_dataloader, evaluate, step_function
-from utils.checkpoint import TrainState, check_checkpoint_file, load_weights
+from utils.checkpoint import TrainState, check_checkpoint_file, has_ema_weights, read_weights_file, weights_from_checkpoint
 from utils.config import ConfigError, check_saveable_outputs, check_world_size, environment_overrides, read_saved_config, validate_config
 from utils.distributed import DistributedContext, distributed_session, end_process
 from utils.files import DiskFullError
@@ -33,6 +35,7 @@ class EvalConfig(BaseModel):
     data_path: Optional[str] = None  # default: the training run's data_path
     global_batch_size: Optional[int] = None  # default: the training run's; set one that the process count divides
     compile: Optional[bool] = None  # default: the training run's (null: on for CUDA, off on CPU)
+    ema: Optional[bool] = None  # null: the checkpoint's EMA weights if it has them, else its weights; false: its raw weights
 
     known_outputs = field_validator("save_outputs")(check_saveable_outputs)
 
@@ -42,7 +45,7 @@ def parse_eval_config(arguments: Sequence[str]) -> EvalConfig:
         return EvalConfig(**OmegaConf.to_container(OmegaConf.from_cli(list(arguments))))
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg'].removeprefix('Value error, ')}" for item in error.errors())
-        raise ConfigError(f"evaluate.py: {problems}. Usage: python evaluate.py checkpoint=<path to step_N.pt> [output_dir=DIR] [data_path=DIR] [global_batch_size=N] [compile=false]") from None
+        raise ConfigError(f"evaluate.py: {problems}. Usage: python evaluate.py checkpoint=<path to step_N.pt> [output_dir=DIR] [data_path=DIR] [global_batch_size=N] [compile=false] [ema=false]") from None
 
 
 def run_evaluation(eval_config: EvalConfig, context: DistributedContext) -> Optional[Dict[str, Dict[str, float]]]:
@@ -60,8 +63,14 @@ def run_evaluation(eval_config: EvalConfig, context: DistributedContext) -> Opti
 
     eval_loader = create_dataloader(config, "test", context, test_set_mode=True, epochs_per_iter=1)
     loss_head = build_loss_head(config, eval_loader.metadata, context)
-    weights, step = load_weights(eval_config.checkpoint)
-    load_model_state_dict(loss_head, weights)
+    checkpoint, step = read_weights_file(eval_config.checkpoint)
+    if eval_config.ema and not has_ema_weights(checkpoint):
+        raise ConfigError(f"ema=true: {eval_config.checkpoint} holds no EMA weights (its run had ema=false, or it is an original "
+                          "weights file, which holds one set): drop ema=true to evaluate its weights")
+    use_ema = has_ema_weights(checkpoint) and eval_config.ema is not False
+    load_model_state_dict(loss_head, weights_from_checkpoint(checkpoint, ema=use_ema))
+    if context.is_main and has_ema_weights(checkpoint):
+        print("evaluating the EMA weights (ema=false: the raw weights)" if use_ema else "evaluating the raw weights (ema=false)")
     state = TrainState(
         loss_head=loss_head,
         step_fn=step_function(config, loss_head, context.device),
@@ -76,6 +85,9 @@ def run_evaluation(eval_config: EvalConfig, context: DistributedContext) -> Opti
 
 
 def main() -> None:
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        return
     try:
         eval_config = parse_eval_config(sys.argv[1:] + environment_overrides(os.environ))
         with distributed_session() as context:

@@ -112,6 +112,13 @@ def grid_to_list(grid: np.ndarray) -> List[List[int]]:
     return [[int(v) for v in row] for row in grid]
 
 
+def is_arc_dataset(data_path: str, metadata: PuzzleDatasetMetadata) -> bool:
+    """Whether a dataset folder looks built by dataset/build_arc_dataset.py: 30x30 canvases of 12 token
+    ids (padding, end-of-grid marker, 10 colours) and an identifiers.json naming the puzzles."""
+    return (metadata.seq_len == GRID_SIZE * GRID_SIZE and metadata.vocab_size == COLOUR_OFFSET + NUM_COLOURS
+            and os.path.isfile(os.path.join(data_path, "identifiers.json")))
+
+
 # ----------------------------------------------------------------------------------------------
 # Prediction files
 

@@ -61,6 +61,13 @@ def test_the_lock_names_its_owner_and_goes_at_release(tmp_path):
     assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname() and owner["started"]
     assert os.listdir(folder) == [LOCK_FILE_NAME]  # no temporary file left
     lock.release()
+    # The lock created the folder and nothing else was written in it: it goes too.
+    assert not folder.exists() and (tmp_path / "new").is_dir()
+
+    # A folder that existed before the lock stays, with whatever it holds.
+    folder.mkdir()
+    lock = acquire_run_lock(str(folder))
+    lock.release()
     assert os.listdir(folder) == []
 
 

@@ -132,8 +132,10 @@ def test_an_original_weights_only_checkpoint_evaluates(dataset, tmp_path):
     assert theirs == ours
 
 
-def test_killed_run_resumes_to_the_same_weights(dataset, tmp_path):
-    common = dict(epochs=8, eval_interval=4, checkpoint_every_steps=5, seed=3)
+@pytest.mark.parametrize("ema", [False, True])
+def test_killed_run_resumes_to_the_same_weights(dataset, tmp_path, ema):
+    # With ema=true the average is part of the state (and the evaluations, logged, run on it).
+    common = dict(epochs=8, eval_interval=4, checkpoint_every_steps=5, seed=3, ema=ema, ema_rate=0.9)
     straight = str(tmp_path / "straight")
     result = run_script(["pretrain.py", *tiny_overrides(dataset, straight, **common)])
     assert result.returncode == 0, result.stderr
@@ -154,6 +156,9 @@ def test_killed_run_resumes_to_the_same_weights(dataset, tmp_path):
     expected, actual = final_weights(straight), final_weights(interrupted)
     assert actual["step"] == expected["step"] == 24
     assert_same_tensors(expected["model"], actual["model"], exact=True)
+    assert ("ema" in expected) == ("ema" in actual) == ema
+    if ema:
+        assert_same_tensors(expected["ema"], actual["ema"], exact=True)
     assert len(expected["optimizers"]) == len(actual["optimizers"]) == 2
     for expected_optimizer, actual_optimizer in zip(expected["optimizers"], actual["optimizers"]):
         assert_same_nested(expected_optimizer, actual_optimizer)

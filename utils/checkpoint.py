@@ -10,6 +10,8 @@ The training loop makes three calls: `prepare_run_folder` (is there a run to con
   rng         the torch RNG states of every rank
   loader      the training loader's position (next batch to read)
   config      the run's resolved config
+  ema         with ema=true: the EMA of each trained parameter, keyed as in model (which keeps the
+              raw weights; buffers such as the puzzle embedding are only in model)
   dataset_fingerprint  dataset_fingerprint() of the training data (a resume checks it)
   checksum    sha256 of everything above, taken when it was saved (a load checks it)
 The original saved only the weights, as `step_N` (no suffix); `load_weights` reads both kinds.
@@ -31,8 +33,10 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
+from pydantic import BaseModel
 from torch import nn
 
+from models.ema import EMAHelper
 from models.state_dict import load_model_state_dict
 from utils.config import SAVED_CONFIG_NAME, ConfigError, PretrainConfig, micro_batch_size, read_saved_config
 from utils.distributed import DistributedContext, broadcast_object, gather_objects, run_on_main
@@ -54,6 +58,7 @@ RESUMABLE_CHANGES = {
     "resume", "wandb", "keep_checkpoints", "checkpoint_every_steps", "checkpoint_every_eval", "stop_after_minutes", "compile", "cuda_graphs",
     "eval_save_outputs", "checkpoint_path", "project_name", "run_name", "arch.fused_kernels", "gradient_accumulation_steps",
     "allow_dataset_change",
+    "evaluators", "min_eval_interval", "load_checkpoint",
 }
 
 # What torch.load raises for an empty, truncated, corrupt or non-checkpoint file, found by trying such
@@ -79,6 +84,7 @@ class TrainState:
     step: int
     total_steps: int
     dataset_fingerprint: Optional[str] = None  # of the training data, stored in each checkpoint
+    ema: Optional[EMAHelper] = None  # with ema=true: the average of the trained weights, saved as "ema"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -188,6 +194,11 @@ def restore_train_state(path: str, config: PretrainConfig, state: TrainState, lo
     """Continue from `path`: weights, optimisers, step, loader position, this rank's carries and RNG."""
     checkpoint = read_checkpoint(path, config, state.dataset_fingerprint)
     load_model_state_dict(state.loss_head, checkpoint["model"])
+    if state.ema is not None:
+        if not isinstance(checkpoint.get("ema"), dict):
+            raise CheckpointError(f"{path} holds no EMA weights, which this run (ema=true) continues: resume it with ema=false, "
+                                  "or start a new run in another checkpoint_path")
+        state.ema.load_state_dict(checkpoint["ema"])
     for optimizer, optimizer_state in zip(state.optimizers, checkpoint["optimizers"]):
         optimizer.load_state_dict(optimizer_state)
     state.step = checkpoint["step"]
@@ -222,7 +233,9 @@ def checkpoint_contents(config: PretrainConfig, state: TrainState, loader, conte
     rng_states = gather_objects(rng_state(context.device), context)
     if not context.is_main:
         return None
+    contents = {} if state.ema is None else {"ema": state.ema.state_dict()}
     return {
+        **contents,
         "model": state.loss_head.state_dict(),
         "optimizers": [optimizer.state_dict() for optimizer in state.optimizers],
         "step": state.step,
@@ -244,7 +257,7 @@ def read_checkpoint(path: str, config: PretrainConfig, dataset_fingerprint: Opti
             f"{path} is not a full training state (it lacks {', '.join(missing)}), so a run cannot continue from it. "
             "Move it out of the run folder, or start a new run in another checkpoint_path."
         )
-    changed = config_changes(checkpoint["config"], config.model_dump())
+    changed = config_changes(with_defaults_of_newer_keys(checkpoint["config"]), config.model_dump())
     if changed:
         raise ConfigError(
             f"resume: {path} was trained with another config ({'; '.join(changed)}). "
@@ -267,6 +280,15 @@ def check_dataset(path: str, saved: Optional[str], current: Optional[str], confi
             )
         print(f"Note: allow_dataset_change=true: continuing on the dataset at data_path={config.data_path} (fingerprint {current}), "
               f"not the one the run trained on so far ({saved})")
+def with_defaults_of_newer_keys(saved: dict) -> dict:
+    """A checkpoint's config with the defaults of the keys added to PretrainConfig since it was written:
+    the run was trained as if it had them at their defaults."""
+    defaults = {}
+    for name, field in PretrainConfig.model_fields.items():
+        if not field.is_required():
+            value = field.get_default(call_default_factory=True)
+            defaults[name] = value.model_dump() if isinstance(value, BaseModel) else value
+    return {**defaults, **saved}
 
 
 def config_changes(saved: dict, current: dict, prefix: str = "") -> List[str]:
@@ -284,7 +306,13 @@ def config_changes(saved: dict, current: dict, prefix: str = "") -> List[str]:
 
 
 def load_weights(path: str) -> Tuple[Dict[str, torch.Tensor], int]:
-    """The model weights of one of our checkpoints or of an original weights-only file, and its step.
+    """The model weights (the raw ones) of one of our checkpoints or of an original weights-only file, and its step."""
+    checkpoint, step = read_weights_file(path)
+    return weights_from_checkpoint(checkpoint), step
+
+
+def read_weights_file(path: str) -> Tuple[Dict[str, Any], int]:
+    """One of our checkpoints or an original weights-only file, as a dict, and its step.
 
     Our checkpoints hold their step; an original weights-only file has it in its name, if anywhere (else 0)."""
     checkpoint = load_checkpoint(path)
@@ -292,12 +320,20 @@ def load_weights(path: str) -> Tuple[Dict[str, torch.Tensor], int]:
         raise CheckpointError(f"{path} holds a {type(checkpoint).__name__}, not model weights: pass a step_N.pt written by "
                               "pretrain.py or an original step_N weights file")
     step = checkpoint["step"] if isinstance(checkpoint.get("step"), int) else step_from_filename(path) or 0
-    return weights_from_checkpoint(checkpoint), step
+    return checkpoint, step
 
 
-def weights_from_checkpoint(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-    """The model state dict of one of our full checkpoints or of an original weights-only file."""
+def has_ema_weights(checkpoint: Dict[str, Any]) -> bool:
+    """Whether a checkpoint holds EMA weights (ours with ema=true; the originals' files hold one set)."""
+    return isinstance(checkpoint.get("ema"), dict)
+
+
+def weights_from_checkpoint(checkpoint: Dict[str, Any], ema: bool = False) -> Dict[str, torch.Tensor]:
+    """The model state dict of one of our full checkpoints or of an original weights-only file. With
+    `ema` (and EMA weights in the checkpoint), the trained parameters' averages replace their raw values."""
     if "model" in checkpoint and isinstance(checkpoint["model"], dict):
+        if ema and has_ema_weights(checkpoint):
+            return {**checkpoint["model"], **checkpoint["ema"]}
         return checkpoint["model"]
     if checkpoint and all(isinstance(value, torch.Tensor) for value in checkpoint.values()):
         return checkpoint

@@ -28,10 +28,11 @@ class RunFolderError(ValueError):
 
 
 class RunLock:
-    """A held lock: its path and the open file whose flock this process holds."""
+    """A held lock: its path, the open file whose flock this process holds, and whether taking it
+    created the run folder."""
 
-    def __init__(self, path: str, descriptor: int):
-        self.path, self.descriptor = path, descriptor
+    def __init__(self, path: str, descriptor: int, created_folder: bool = False):
+        self.path, self.descriptor, self.created_folder = path, descriptor, created_folder
 
     def release(self) -> None:
         try:
@@ -41,6 +42,12 @@ class RunLock:
             pass
         finally:
             os.close(self.descriptor)
+        if self.created_folder:
+            # A run that stopped before writing anything leaves no empty folder behind.
+            try:
+                os.rmdir(os.path.dirname(self.path))
+            except OSError:
+                pass
 
 
 def acquire_run_lock(folder: str) -> RunLock:
@@ -49,6 +56,7 @@ def acquire_run_lock(folder: str) -> RunLock:
         raise RunFolderError(f"checkpoint_path={folder} is a file, not a folder: set checkpoint_path to a folder (new or a run's).")
     path = os.path.join(folder, LOCK_FILE_NAME)
     partial_path = f"{path}.{os.getpid()}.partial"
+    created_folder = not os.path.exists(folder)
     try:
         os.makedirs(folder, exist_ok=True)
         descriptor = os.open(partial_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -67,7 +75,7 @@ def acquire_run_lock(folder: str) -> RunLock:
         raise
     finally:
         remove_if_present(partial_path)
-    return RunLock(path, descriptor)
+    return RunLock(path, descriptor, created_folder)
 
 
 def owner_record() -> dict:

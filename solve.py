@@ -106,7 +106,11 @@ def grid_report(kind: str, puzzle: Puzzle, answer: np.ndarray, segments: int, co
 
 def print_grid_report(report: dict, answer: np.ndarray) -> None:
     print(f"{report['name']}:")
-    grid = sudoku.format_sudoku(answer) if report["kind"] == "sudoku" else "\n".join(report["answer"])
+    if report["kind"] == "sudoku":
+        grid = sudoku.format_sudoku(answer)
+    else:  # framed, so that the open cells (spaces) at the ends of a line show
+        border = "+" + "-" * len(report["answer"][0]) + "+"
+        grid = "\n".join([border] + [f"|{line}|" for line in report["answer"]] + [border])
     print("\n".join("  " + line for line in grid.split("\n")))
     if report["valid"]:
         verdict = "yes"

@@ -82,7 +82,7 @@ def check_weights_fit(weights: Mapping[str, torch.Tensor], model: nn.Module, met
         if found[0] != needed[0]:
             raise CheckpointMismatchError(
                 f"{checkpoint} does not fit {puzzles}: its puzzle embedding model.{PUZZLE_EMBEDDING} has shape "
-                f"{_shape(found)} (one row per puzzle identifier of the dataset it was trained on{run}), while the "
+                f"{_shape(found)} (one row per puzzle identifier of the dataset it was trained on{f', data_path={trained_on}' if trained_on else ''}), while the "
                 f"{metadata.num_puzzle_identifiers} puzzle identifiers of {puzzles} need {_shape([needed[0], *found[1:]])}.\n"
                 "Why: puzzle identifiers are numbered per build, so this dataset was built differently from the one the "
                 "checkpoint was trained on (another builder command, source folders, --num-aug or --seed); even an equal "

@@ -110,7 +110,9 @@ def evaluation_config(saved: PretrainConfig, context: DistributedContext, batch_
     """The run's config for evaluation on this device: `batch_size` sequences per batch over all
     processes, one micro-batch, the device's dtype and compile setting unless given."""
     raw = saved.model_dump()
-    raw.update(overrides, global_batch_size=batch_size, gradient_accumulation_steps=1, compile=compile)
+    # CUDA graphs are captured by torch.compile: kept where the run used them, unless compile is off.
+    raw.update(overrides, global_batch_size=batch_size, gradient_accumulation_steps=1, compile=compile,
+               cuda_graphs=saved.cuda_graphs and compile is not False)
     raw["arch"]["forward_dtype"] = forward_dtype or ("bfloat16" if context.device.type == "cuda" else "float32")
     # Validated like a training config (model_copy would skip the validators).
     return validate_config(raw)
@@ -205,11 +207,12 @@ def describe(config: PretrainConfig, state: TrainState, context: DistributedCont
             f"compile {compiled}, batch {config.global_batch_size}, {halting} {model.evaluation_steps} segments")
 
 
-def print_metrics(metrics: Dict[str, Dict[str, float]], loader, seconds: float) -> None:
+def print_metrics(metrics: Dict[str, Dict[str, float]], state: TrainState, loader, seconds: float) -> None:
     for set_name, values in metrics.items():
         print(f"{set_name}: " + ", ".join(f"{key} {value:.4f}" for key, value in values.items()))
     sequences = loader.num_examples()
-    print(f"{sequences:,} sequences in {seconds:.1f} s: {sequences / max(seconds, 1e-9):,.1f} sequences/s")
+    compiling = " (compilation included)" if state.step_fn is not state.loss_head else ""
+    print(f"{sequences:,} sequences in {seconds:.1f} s{compiling}: {sequences / max(seconds, 1e-9):,.1f} sequences/s")
 
 
 def run_evaluation(eval_config: EvalConfig, context: DistributedContext) -> Optional[Dict[str, Dict[str, float]]]:
@@ -221,7 +224,7 @@ def run_evaluation(eval_config: EvalConfig, context: DistributedContext) -> Opti
         print(describe(config, state, context))
     metrics, seconds = timed_evaluation(config, state, loader, context, save_dir=output_dir)
     if context.is_main and metrics is not None:
-        print_metrics(metrics, loader, seconds)
+        print_metrics(metrics, state, loader, seconds)
     return metrics
 
 
@@ -238,7 +241,7 @@ def run_sweep(eval_config: EvalConfig, config: PretrainConfig, state: TrainState
             print(describe(config, state, context))
         metrics, seconds = timed_evaluation(config, state, loader, context, save_dir=None)
         if context.is_main and metrics is not None:
-            print_metrics(metrics, loader, seconds)
+            print_metrics(metrics, state, loader, seconds)
             records += [{"segments": segments, "adaptive_halting": eval_config.adaptive_halting, "set": set_name, **values,
                          "seconds": seconds} for set_name, values in metrics.items()]
             os.makedirs(output_dir, exist_ok=True)

@@ -126,6 +126,9 @@ def test_gpu_defaults_are_bfloat16_and_compiled(run):
     chosen = evaluate.evaluation_config(saved, GPU, 64, forward_dtype="float32", compile=False)
     assert chosen.arch.model_extra["forward_dtype"] == "float32" and not pretrain.use_compile(chosen, GPU.device)
     assert (on_gpu.global_batch_size, on_gpu.gradient_accumulation_steps) == (64, 1)
+    # A run with CUDA graphs keeps them, unless compile=false turns off what captures them.
+    graphs = saved.model_copy(update={"compile": None, "cuda_graphs": True})
+    assert evaluate.evaluation_config(graphs, GPU, 64).cuda_graphs and not evaluate.evaluation_config(graphs, GPU, 64, compile=False).cuda_graphs
 
 
 def test_a_progress_bar_counts_segments(run, capsys):

@@ -11,7 +11,8 @@ import torch
 
 import evaluate
 import pretrain
-from tests.tiny_runs import build_tiny_sudoku, tiny_overrides
+from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
+from tests.tiny_runs import ARC_EXAMPLE, build_tiny_sudoku, tiny_overrides
 from utils.checkpoint import list_checkpoints
 from utils.config import ConfigError, read_saved_config
 from utils.distributed import DistributedContext
@@ -136,3 +137,10 @@ def test_a_progress_bar_counts_segments(run, capsys):
     run_evaluation(checkpoint, segments=4, eval_batch_size=8)
     err = capsys.readouterr().err
     assert "evaluate:" in err and f"/{TEST_EXAMPLES // 8 * 4} " in err  # 5 batches of 4 segments
+
+
+def test_the_loader_counts_a_test_pass():
+    config = PuzzleDatasetConfig(seed=0, dataset_path=ARC_EXAMPLE, global_batch_size=6, test_set_mode=True, epochs_per_iter=1, rank=0, num_replicas=1)
+    loader = PuzzleDataset(config, "test")
+    sizes = [size for _, _, size in loader]
+    assert loader.num_test_batches() == len(sizes) == 4 and loader.num_examples() == sum(sizes) == 20  # 4 tasks x 4 copies, one task with 2 test inputs

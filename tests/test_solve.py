@@ -16,6 +16,7 @@ import torch
 
 import pretrain
 import solve
+from dataset.build_sudoku_dataset import sudoku_metadata
 from dataset.common import PuzzleDatasetMetadata
 from puzzles import maze, sudoku
 from puzzles.common import PuzzleInputError
@@ -224,6 +225,15 @@ def test_segments_and_adaptive_halting(sudoku_checkpoint, capsys, tmp_path):
         assert code == 0, err
         [line] = report_lines(out, "segments:")
         assert line.startswith(f"{segments}, q_halt confidence: {torch.sigmoid(torch.tensor(5.0)).item():.3f}")
+
+
+def test_a_trm_checkpoint_answers_too(capsys, tmp_path):
+    checkpoint = save_untrained_run(str(tmp_path / "trm"), sudoku_metadata(1), arch="trm", **{"arch.puzzle_emb_len": 2})
+    code, out, err = run_solve(capsys, checkpoint, "--sudoku", SUDOKU["question"], "--segments", 4, "--adaptive")
+    assert code == 0, err
+    # TRM halts on q_halt > 0; its initial Q head (bias -5) never says so, so the cap of 4 holds.
+    [segments] = report_lines(out, "segments:")
+    assert segments.startswith("4, q_halt confidence: 0.00") and len(printed_sudokus(out)) == 1
 
 
 # ----------------------------------------------------------------------------------------------

@@ -255,6 +255,9 @@ def run_sweep(eval_config: EvalConfig, config: PretrainConfig, state: TrainState
 
 
 def main() -> None:
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        return
     try:
         eval_config = parse_eval_config(sys.argv[1:] + environment_overrides(os.environ))
         with distributed_session() as context:

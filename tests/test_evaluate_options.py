@@ -144,3 +144,10 @@ def test_the_loader_counts_a_test_pass():
     loader = PuzzleDataset(config, "test")
     sizes = [size for _, _, size in loader]
     assert loader.num_test_batches() == len(sizes) == 4 and loader.num_examples() == sum(sizes) == 20  # 4 tasks x 4 copies, one task with 2 test inputs
+
+
+def test_help_lists_the_keys(capsys, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["evaluate.py", "--help"])
+    evaluate.main()
+    out = capsys.readouterr().out
+    assert all(key in out for key in ("segments", "adaptive_halting", "sweep", "eval_batch_size", "forward_dtype"))

@@ -304,8 +304,8 @@ def progress_interval() -> float:
 
 
 def evaluate_batch(state: TrainState, batch: Dict[str, torch.Tensor], return_keys: Sequence[str], progress: Optional[tqdm] = None):
-    """Run one test batch (on the device, in eval mode) for the model's evaluation segments, or until
-    every sequence has halted under adaptive halting. Returns the last call's carry, metrics and outputs."""
+    """Run one batch (on the model's device; the model in eval mode) for the model's evaluation segments,
+    or until every sequence has halted under adaptive halting. Returns the last call's carry, metrics and outputs."""
     model = state.loss_head.model
     carry = state.loss_head.initial_carry(batch)
     for segment in range(1, model.evaluation_steps + 1):

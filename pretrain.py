@@ -426,28 +426,49 @@ def valid_rows(global_batch_size: int, effective_batch_size: int, context: Distr
     return max(0, min(local, effective_batch_size - context.rank * local))
 
 
+def progress_interval() -> float:
+    """Seconds between progress-bar redraws: a terminal redraws often, a log file gets a line every 30 s."""
+    return 0.1 if sys.stderr.isatty() else 30
+
+
+def evaluate_batch(state: TrainState, batch: Dict[str, torch.Tensor], return_keys: Sequence[str], progress: Optional[tqdm] = None):
+    """Run one batch (on the model's device; the model in eval mode) for the model's evaluation segments,
+    or until every sequence has halted under adaptive halting. Returns the last call's carry, metrics and outputs."""
+    model = state.loss_head.model
+    carry = state.loss_head.initial_carry(batch)
+    for segment in range(1, model.evaluation_steps + 1):
+        carry, _, metrics, outputs, all_halted = state.step_fn(carry=carry, batch=batch, return_keys=return_keys)
+        if progress is not None:
+            progress.update(1)
+        if model.eval_adaptive_halting and bool(all_halted):
+            break
+    if progress is not None:
+        progress.update(model.evaluation_steps - segment)
+    if not bool(all_halted):
+        raise RuntimeError(f"evaluation: sequences still running after {model.evaluation_steps} segments")
+    return carry, metrics, outputs
+
+
 def evaluate(config: PretrainConfig, state: TrainState, loader: PuzzleDataset, context: DistributedContext, save_dir: Optional[str],
              evaluators: Sequence[Any] = ()) -> Optional[Dict[str, Dict[str, float]]]:
-    """One pass over the test split. Every sequence runs halt_max_steps segments. Returns, on the main
-    rank, the metrics per set (each divided by its count) and the evaluators' (e.g. "ARC": pass@K);
-    saves `config.eval_save_outputs`."""
+    """One pass over the test split. Every sequence runs the model's evaluation_steps segments
+    (halt_max_steps unless set otherwise), or fewer under adaptive halting. Returns, on the main rank,
+    the metrics per set (each divided by its count; `steps` is the mean segments run) and the
+    evaluators' (e.g. "ARC": pass@K); saves `config.eval_save_outputs`."""
     set_names = loader.metadata.sets
-    halt_max_steps = state.loss_head.model.config.halt_max_steps
     return_keys = list(dict.fromkeys([*config.eval_save_outputs, *(key for evaluator in evaluators for key in sorted(evaluator.required_outputs))]))
     for evaluator in evaluators:
         evaluator.begin_eval()
     saved: Dict[str, List[torch.Tensor]] = {}
     metric_keys: List[str] = []
     metric_sums = None
+    progress = tqdm(total=loader.num_test_batches() * state.loss_head.model.evaluation_steps, desc="evaluate", unit="segment",
+                    dynamic_ncols=True, mininterval=progress_interval(), leave=False, disable=not context.is_main)
     state.step_fn.eval()
     with torch.inference_mode():
         for set_name, batch, effective_batch_size in loader:
             batch = to_device(batch, context.device)
-            carry = state.loss_head.initial_carry(batch)
-            for _ in range(halt_max_steps):
-                carry, _, metrics, outputs, all_halted = state.step_fn(carry=carry, batch=batch, return_keys=return_keys)
-            if not bool(all_halted):
-                raise RuntimeError(f"evaluation: sequences still running after halt_max_steps={halt_max_steps} segments")
+            _, metrics, outputs = evaluate_batch(state, batch, return_keys, progress)
 
             rows = valid_rows(config.global_batch_size, effective_batch_size, context)
             for source in (batch, outputs):
@@ -462,6 +483,7 @@ def evaluate(config: PretrainConfig, state: TrainState, loader: PuzzleDataset, c
                 metric_sums = torch.zeros((len(set_names), len(metric_keys)), dtype=torch.float64, device=context.device)
             metric_sums[set_names.index(set_name)] += torch.stack([metrics[key].double() for key in metric_keys])
     state.step_fn.train()
+    progress.close()
 
     if saved and save_dir is not None:
         os.makedirs(save_dir, exist_ok=True)
@@ -563,9 +585,7 @@ def check_eval_metrics(eval_metrics: Optional[Dict[str, Dict[str, float]]], step
 
 
 def _train_loop(config, state: TrainState, train_loader, eval_loader, evaluators, logger, context) -> Optional[Dict[str, Dict[str, float]]]:
-    # Redirected output (a log file) gets a progress line every 30 s rather than a stream of redraws.
-    refresh_seconds = 0.1 if sys.stderr.isatty() else 30
-    progress = tqdm(total=state.total_steps, initial=state.step, dynamic_ncols=True, mininterval=refresh_seconds) if context.is_main else None
+    progress = tqdm(total=state.total_steps, initial=state.step, dynamic_ncols=True, mininterval=progress_interval()) if context.is_main else None
     start_time = time.monotonic()
     eval_metrics = None
     stopping = False

@@ -107,8 +107,8 @@ def test_evaluate_reproduces_the_final_eval_and_saves_predictions(dataset, tmp_p
     assert os.listdir(tmp_path / "best") == ["step_24_all_preds.0"]
 
     # The evaluation's overrides are validated like a training config.
-    with pytest.raises(ConfigError, match="global_batch_size=0 must be a positive integer"):
-        evaluate.run_evaluation(evaluate.EvalConfig(checkpoint=os.path.join(run, "step_24.pt"), global_batch_size=0), CPU)
+    with pytest.raises(ConfigError, match="eval_batch_size=0 must be a positive integer"):
+        evaluate.run_evaluation(evaluate.EvalConfig(checkpoint=os.path.join(run, "step_24.pt"), eval_batch_size=0), CPU)
     with pytest.raises(ConfigError, match="save_outputs: unknown pred; choose from inputs"):
         evaluate.parse_eval_config([f"checkpoint={run}/step_24.pt", "save_outputs=[inputs,pred]"])
 

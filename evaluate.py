@@ -22,8 +22,8 @@ Keys (key=value):
     data_path          the dataset (default: the run's data_path)
     compile            torch.compile (default: on for CUDA, off on the CPU)
     forward_dtype      the model's compute dtype (default: bfloat16 on CUDA, float32 on the CPU)
-    ema                null: a checkpoint of a run with ema=true is evaluated with its EMA weights, as training's
-                       evaluations were; false: its raw (last trained) weights; true: the EMA weights or an error
+    ema                a checkpoint of a run with ema=true is evaluated with its EMA weights, as training's
+                       evaluations were; ema=false evaluates its raw (last trained) weights instead
 """
 
 import os

@@ -13,7 +13,7 @@ import evaluate
 import pretrain
 from puzzle_dataset import PuzzleDataset, PuzzleDatasetConfig
 from tests.tiny_runs import ARC_EXAMPLE, build_tiny_sudoku, tiny_overrides
-from utils.checkpoint import list_checkpoints
+from utils.checkpoint import content_checksum, list_checkpoints
 from utils.config import ConfigError, read_saved_config
 from utils.distributed import DistributedContext
 
@@ -38,6 +38,7 @@ def run(tmp_path_factory):
     state = torch.load(checkpoint, weights_only=True)
     state["model"]["model.inner.q_head.weight"].zero_()
     state["model"]["model.inner.q_head.bias"] = torch.tensor([5.0, -5.0])  # q_halt > q_continue
+    state["checksum"] = content_checksum({key: value for key, value in state.items() if key != "checksum"})
     torch.save(state, halting / os.path.basename(checkpoint))
     return checkpoint, str(halting / os.path.basename(checkpoint))
 

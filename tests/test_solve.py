@@ -22,7 +22,7 @@ from puzzles import maze, sudoku
 from puzzles.common import PuzzleInputError
 from tests.tiny_runs import (ARC_EXAMPLE, MAZE_SAMPLE, REPO_ROOT, SUDOKU_SAMPLE, build_tiny_maze, build_tiny_sudoku, save_untrained_run,
                              tiny_overrides, training_environment)
-from utils.checkpoint import list_checkpoints
+from utils.checkpoint import content_checksum, list_checkpoints
 from utils.distributed import DistributedContext
 
 CPU = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -217,6 +217,7 @@ def test_segments_and_adaptive_halting(sudoku_checkpoint, capsys, tmp_path):
     checkpoint = torch.load(sudoku_checkpoint, weights_only=True)
     checkpoint["model"]["model.inner.q_head.bias"] = torch.tensor([5.0, -5.0])
     checkpoint["model"]["model.inner.q_head.weight"].zero_()
+    checkpoint["checksum"] = content_checksum({key: value for key, value in checkpoint.items() if key != "checksum"})
     torch.save(checkpoint, run / "step_6.pt")
     row = csv_rows(os.path.join(SUDOKU_SAMPLE, "test.csv"), 1)[0]
 

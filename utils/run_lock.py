@@ -19,6 +19,8 @@ from typing import Optional
 from utils.files import process_is_running, remove_if_present
 
 LOCK_FILE_NAME = "run.lock"
+# How long a process waits for another that is taking over a lock left by an ended run.
+TAKE_OVER_WAIT_SECONDS = 5.0
 # What flock raises where the file system has no locks (some network and cluster file systems).
 LOCKS_UNSUPPORTED_ERRNOS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.EBADF)
 
@@ -68,7 +70,8 @@ def acquire_run_lock(folder: str) -> RunLock:
         os.write(descriptor, json.dumps(owner_record()).encode())
         os.fsync(descriptor)
         flock(descriptor)  # a new file of this process: always free
-        while not _link_or_take_over(partial_path, path):
+        give_up_waiting_at = time.monotonic() + TAKE_OVER_WAIT_SECONDS
+        while not _link_or_take_over(partial_path, path, time.monotonic() < give_up_waiting_at):
             pass
     except BaseException:
         os.close(descriptor)
@@ -95,8 +98,9 @@ def flock(descriptor: int) -> Optional[bool]:
         raise
 
 
-def _link_or_take_over(partial_path: str, path: str) -> bool:
-    """Put our lock file in place; False when another process changed the lock meanwhile (try again)."""
+def _link_or_take_over(partial_path: str, path: str, may_wait: bool) -> bool:
+    """Put our lock file in place; False when another process changed the lock meanwhile, or is taking
+    over a lock left by an ended run and `may_wait` (try again)."""
     try:
         os.link(partial_path, path)
         return True
@@ -109,9 +113,14 @@ def _link_or_take_over(partial_path: str, path: str) -> bool:
     try:
         owner = _read_owner(existing)
         taken = flock(existing)
-        # Holding the flock of a file that is no longer the lock (its owner released it, or another
-        # process took it over meanwhile) proves nothing: look again.
-        if taken is not False and not _is_the_lock(existing, path):
+        # A file that is no longer the lock (its owner released it, or another process took it over
+        # meanwhile) proves nothing, whoever holds its flock: look again.
+        if taken is not None and not _is_the_lock(existing, path):
+            return False
+        if may_wait and taken is False and _ended_on_this_host(owner):
+            # The flock of a lock left by a run that ended is held by another process taking the folder
+            # over at this moment: look again once that one has put its own lock in place.
+            time.sleep(0.01)
             return False
         # Without locks on this file system, the owner's process is looked for where this host can see it.
         owner_running = not taken if taken is not None else _running_on_this_host(owner)
@@ -144,6 +153,11 @@ def _running_on_this_host(owner: Optional[dict]) -> bool:
     if owner is None or owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
         return False
     return process_is_running(owner["pid"])
+
+
+def _ended_on_this_host(owner: Optional[dict]) -> bool:
+    return (owner is not None and owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int)
+            and not process_is_running(owner["pid"]))
 
 
 def _read_owner(descriptor: int) -> Optional[dict]:

@@ -4,14 +4,16 @@
 #   kernels  the layer-kernel microbenchmark (benchmarks/kernels.py): quack's matrix products and the
 #            fused block's, and every attention kernel that runs, at the training shapes
 #   sudoku   the train-step benchmark and a 3-step profile of each variant in VARIANTS (default
-#            unfused,fused: the plain PyTorch path against the fused kernels)
+#            unfused,fused: the plain PyTorch path against the fused kernels) of the model ARCH (hrm or
+#            trm, default hrm) with the config overrides OVERRIDES (e.g. arch.no_ACT_continue=true)
 #   maze     the same for the maze shape
 #   autotune the Sudoku step compiled with mode max-autotune-no-cudagraphs (Triton matmul templates)
 #   maze-accum the maze recipe's global batch 768 as 2 and as 4 micro-batches (gradient_accumulation_steps):
 #            step time and peak memory, i.e. whether the Maze-1k recipe fits an 80 GB GPU
 #   scaling  the Sudoku and maze steps (SCALING_SHAPES, default "sudoku maze") in one process, then over
 #            2 GPUs with torchrun at the same global batch (on a two-GPU machine)
-#   curve    the 200-step loss-curve check of the fused kernels against the plain path (Sudoku-1k recipe)
+#   curve    the 200-step loss-curve check of the fused kernels against the plain path (Sudoku-1k recipe;
+#            ARCH=trm: TRM's)
 #   sudoku-run the Sudoku-Extreme-1k recipe (scripts/reproduce_sudoku_1k.sh) until it is stopped;
 #            SUDOKU_RUN_ARGS holds extra overrides (e.g. arch.fused_kernels=true)
 #   maze-run the Maze-30x30-Hard-1k recipe (scripts/reproduce_maze_1k.sh, evaluating every 100 epochs)
@@ -34,13 +36,14 @@ for stage in $STAGES; do
   case $stage in
     tests)
       timeout 600 python3 -m pytest -q -p no:cacheprovider tests/test_fused_block.py tests/test_fused_mlp.py \
-        tests/test_fused_model.py tests/test_attention.py tests/test_model_gpu.py >> "$LOG" 2>&1 ;;
+        tests/test_fused_model.py tests/test_fused_trm.py tests/test_attention.py tests/test_model_gpu.py tests/test_model_trm_gpu.py \
+        >> "$LOG" 2>&1 ;;
     kernels)
       timeout 420 python3 benchmarks/kernels.py --output "$OUT_DIR/kernels.jsonl" >> "$LOG" 2>&1 ;;
     sudoku | maze)
       variants=${VARIANTS:-unfused,fused}
-      timeout 420 python3 benchmarks/train_step.py --shape "$stage" --warmup 10 --steps 50 --compare "$variants" \
-        --profile "/tmp/profile_$stage" --output "$OUT_DIR/train_step.jsonl" >> "$LOG" 2>&1
+      timeout 420 python3 benchmarks/train_step.py --arch "${ARCH:-hrm}" --shape "$stage" --warmup 10 --steps 50 --compare "$variants" \
+        ${OVERRIDES:+--override $OVERRIDES} --profile "/tmp/profile_$stage" --output "$OUT_DIR/train_step.jsonl" >> "$LOG" 2>&1
       for variant in ${variants//,/ }; do
         folder=${variant//+/_}  # the benchmark's folder name for the variant
         cp "/tmp/profile_$stage/$folder/top_kernels.txt" "$OUT_DIR/top_kernels_${stage}_$folder.txt" 2>/dev/null
@@ -83,7 +86,7 @@ for file in kernels.jsonl train_step.jsonl; do
 import json, sys
 for line in open(sys.argv[1]):
     r = json.loads(line)
-    print({k: r[k] for k in r if k in ('shape', 'kernel', 'variant', 'fused_us', 'pytorch_compiled_us', 'speedup', 'relative_error',
+    print({k: r[k] for k in r if k in ('arch', 'overrides', 'shape', 'kernel', 'variant', 'fused_us', 'pytorch_compiled_us', 'speedup', 'relative_error',
           'forward_us', 'forward_backward_us', 'out_relative_error', 'attention_backend',
-          'step_ms_median', 'step_ms_p90', 'peak_memory_gib', 'compile_seconds', 'fused_kernels', 'error')})" "$OUT_DIR/$file"
+          'step_ms_median', 'step_ms_p90', 'peak_memory_gib', 'compile_seconds', 'fused_kernel', 'error')})" "$OUT_DIR/$file"
 done

@@ -3,6 +3,8 @@ on synthetic batches of a named shape.
 
     python benchmarks/train_step.py --shape sudoku
     python benchmarks/train_step.py --shape maze --compare eager,compile,compile-max-autotune-no-cudagraphs
+    python benchmarks/train_step.py --arch trm --shape sudoku --compare default,cuda-graphs,mlp_t-left+cuda-graphs
+    python benchmarks/train_step.py --shape sudoku --override arch.no_ACT_continue=true   # HRM in one segment per step
     python benchmarks/train_step.py --shape sudoku --profile profiles/sudoku
     python benchmarks/train_step.py --shape maze --batch 768 --gradient-accumulation-steps 2   # micro-batches of 384
     torchrun --nproc-per-node 2 benchmarks/train_step.py --shape sudoku   # the same global batch over 2 GPUs
@@ -11,9 +13,12 @@ on synthetic batches of a named shape.
 Prints one JSON line per variant on stdout (everything else goes to stderr): compile time (the first
 step), median and p90 step time, tokens/s, analytic FLOPs, achieved TFLOP/s and fraction of peak,
 peak memory (over the whole variant, warm-up included: CUDA graphs take their memory when they are
-recorded, in the warm-up, and their replays allocate nothing). Under torchrun every process takes its slice of each global batch, as in training;
-rank 0 reports its step times and memory, and the FLOP rate over all GPUs together.
-A variant is one or more parts joined by '+':
+recorded, in the warm-up, and their replays allocate nothing), and the time of the per-step check for
+non-finite weights (weight_check_ms, timed alone; the step times include it). Under torchrun every
+process takes its slice of each global batch, as in training; rank 0 reports its step times and
+memory, and the FLOP rate over all GPUs together.
+--arch picks the model (hrm, or trm: TRM's Sudoku recipe) and --override sets any config key as
+pretrain.py's command line does. A variant is one or more parts joined by '+':
     default                       as training runs: compiled on CUDA (unless DISABLE_COMPILE), eager on CPU
     eager | compile               torch.compile off | on (the training code path, config.compile)
     compile-<mode>                torch.compile with a mode, e.g. compile-max-autotune-no-cudagraphs
@@ -29,6 +34,9 @@ A variant is one or more parts joined by '+':
     fused-block                   the families of the gradient-free passes only: the block, else the
                                   SwiGLU (the MLP of the passes with gradient on the PyTorch path)
     fused-swiglu                  only the SwiGLU of the gradient-free passes
+    mlp_t-padded | mlp_t-left     TRM's mlp_t over its position axis padded to a multiple of 16 | with its
+                                  weights applied from the left, without transposes (models/fused/mlp_t.py);
+                                  they add to the fused parts, e.g. fused+mlp_t-left
 e.g. `--compare eager,compile,compile+sdpa-cudnn`. Variants run one after another in one process, each
 on a freshly built train state, so their ratios are measured side by side.
 
@@ -61,9 +69,12 @@ import pretrain  # noqa: E402
 from dataset.common import PuzzleDatasetMetadata  # noqa: E402
 from models import attention  # noqa: E402
 from models.fused import FAMILIES, apply_fused_kernels, fused_kernels_in_use  # noqa: E402
+from models.layers import Attention  # noqa: E402
 from models.losses import IGNORE_LABEL_ID  # noqa: E402
+from models.recursive_reasoning.trm import TinyRecursiveReasoningModel_ACTV1_Inner  # noqa: E402
 from utils.config import ConfigError, PretrainConfig, check_world_size, environment_overrides, load_config, validate_config  # noqa: E402
 from utils.distributed import DistributedContext, distributed_session, end_process  # noqa: E402
+from utils.finite import any_non_finite  # noqa: E402
 
 # Dense bf16 matrix-product rate measured on one H100 80GB (8192^3 products); the H200 has the same
 # compute. Other devices have no default: pass --peak-tflops.
@@ -71,6 +82,18 @@ HOPPER_PEAK_TFLOPS = 798.0
 
 PROFILED_STEPS = 3  # keeps the gzipped chrome trace of the default shapes to a few MB
 NUM_BATCHES = 8  # distinct synthetic batches, used in turn
+
+
+# Architectures ----------------------------------------------------------------------------------
+
+# The model of each --arch, as its recipe's overrides. HRM's recipes change no arch key. TRM's is its
+# Sudoku recipe (the README's `arch=trm ... arch.mlp_t=True arch.pos_encodings=none arch.L_layers=2
+# arch.H_cycles=3 arch.L_cycles=6 ema=True`) without the EMA, an elementwise update of the weights
+# after the optimiser: --override ema=true adds it.
+ARCHS: Dict[str, Tuple[str, ...]] = {
+    "hrm": (),
+    "trm": ("arch=trm", "arch.mlp_t=true", "arch.pos_encodings=none", "arch.L_layers=2", "arch.H_cycles=3", "arch.L_cycles=6"),
+}
 
 
 # Shapes -----------------------------------------------------------------------------------------
@@ -85,7 +108,7 @@ class Shape:
     input_tokens: Tuple[int, int]  # inclusive range of input tokens, as the dataset builders write them
     label_tokens: Tuple[int, int]  # inclusive range of label tokens
     ignored_labels: float  # share of labels that are IGNORE_LABEL_ID (unscored padding)
-    arch: Tuple[str, ...] = ()  # arch overrides of the shape, before the user's --arch
+    arch: Tuple[str, ...] = ()  # arch keys of the shape: after the --arch recipe's, before --override
 
 
 SHAPES: Dict[str, Shape] = {
@@ -97,9 +120,11 @@ SHAPES: Dict[str, Shape] = {
     # Batch 96 is one GPU's share of the original's 768 over 8 GPUs; 768 on one GPU needs about 8x the
     # memory of the maze shape.
     "arc": Shape(900, 12, batch=96, num_identifiers=1000, input_tokens=(0, 11), label_tokens=(0, 11), ignored_labels=0.5),
-    # Small enough for a CPU in a few seconds (CI).
+    # Small enough for a CPU in a few seconds (CI), for either --arch: few cycles, and an expansion that
+    # keeps TRM's mlp_t over 97 positions at an inner size of 256.
     "tiny": Shape(81, 11, batch=8, num_identifiers=1, input_tokens=(1, 10), label_tokens=(2, 10), ignored_labels=0.0,
-                  arch=("hidden_size=64", "num_heads=2", "H_layers=1", "L_layers=1", "halt_max_steps=2")),
+                  arch=("hidden_size=64", "num_heads=2", "expansion=2", "H_cycles=2", "L_cycles=2", "H_layers=1", "L_layers=1",
+                        "halt_max_steps=2")),
 }
 
 
@@ -133,33 +158,52 @@ def shape_metadata(shape: Shape, num_identifiers: int) -> PuzzleDatasetMetadata:
 # FLOPs ------------------------------------------------------------------------------------------
 
 
+def module_passes(inner: torch.nn.Module) -> Dict[str, Tuple[int, int]]:
+    """Per reasoning module of `inner`, (passes in one segment, passes that backpropagate)."""
+    config = inner.config
+    if isinstance(inner, TinyRecursiveReasoningModel_ACTV1_Inner):
+        # H_cycles recursions of L_cycles latent updates and one answer update; the last with gradient.
+        return {"L_level": (config.H_cycles * (config.L_cycles + 1), config.L_cycles + 1)}
+    # The one-step gradient: through the last L and the last H update.
+    return {"L_level": (config.H_cycles * config.L_cycles, 1), "H_level": (config.H_cycles, 1)}
+
+
 def train_step_flops(inner: torch.nn.Module) -> int:
-    """Matrix-product FLOPs of one training step of `inner` (a HierarchicalReasoningModel_ACTV1_Inner).
+    """Matrix-product FLOPs of one training step of `inner` (HRM's or TRM's inner model).
 
     A block's forward on B sequences of S positions (puzzle positions included), hidden size h:
-        2 * B*S * (its weights: qkv + o + gate_up + down)  +  4 * B * S^2 * h  (q.k^T and attn.v).
-    A module pass is its `layers` blocks. One segment runs H_cycles * L_cycles L passes and H_cycles
-    H passes, then lm_head (B*S rows) and q_head (B rows). The training step runs:
-      - one segment with grad, whose backward costs 2x the forward of what gets gradients: the last
-        L pass, the last H pass and the heads;
-      - when halt_max_steps > 1, one more segment without grad for the Q-learning target.
+        2 * B*S * (its weights over channels: qkv + o + gate_up + down)
+      + 4 * B * S^2 * h (q.k^T and attn.v), or with TRM's mlp_t, 2 * B*h * (mlp_t's gate_up + down),
+        a SwiGLU over the S positions of each of the B*h channels.
+    A module pass is its `layers` blocks. One segment runs HRM's H_cycles * L_cycles L passes and
+    H_cycles H passes, or TRM's H_cycles * (L_cycles + 1) passes of its one module, then lm_head
+    (B*S rows) and q_head (B rows). The training step runs:
+      - one segment with grad, whose backward costs 2x the forward of what gets gradients: HRM's last
+        L and H pass, TRM's last L_cycles + 1 passes, and the heads;
+      - when halt_max_steps > 1 and not no_ACT_continue, one more segment without grad for the
+        Q-learning target.
     Norms, RoPE, embeddings, losses and optimisers are elementwise and not counted.
     """
     config = inner.config
     batch, seq = config.batch_size, config.seq_len + inner.puzzle_emb_len
     tokens = batch * seq
 
-    def module_pass(module: torch.nn.Module) -> int:
+    def block_flops(block: torch.nn.Module) -> int:
         # Every parameter of a block is a matrix-product weight: no biases, RMSNorm has no scale.
-        return sum(2 * tokens * sum(p.numel() for p in block.parameters()) + 4 * batch * seq**2 * config.hidden_size
-                   for block in module.layers)
+        over_channels = sum(p.numel() for name, p in block.named_parameters() if not name.startswith("mlp_t."))
+        if hasattr(block, "mlp_t"):
+            mixing = 2 * batch * config.hidden_size * sum(p.numel() for p in block.mlp_t.parameters())
+        else:
+            mixing = 4 * batch * seq**2 * config.hidden_size
+        return 2 * tokens * over_channels + mixing
 
-    L_pass, H_pass = module_pass(inner.L_level), module_pass(inner.H_level)
+    passes = {name: sum(block_flops(block) for block in getattr(inner, name).layers) for name in module_passes(inner)}
     heads = 2 * tokens * inner.lm_head.weight.numel() + 2 * batch * inner.q_head.weight.numel()
-    segment = config.H_cycles * (config.L_cycles * L_pass + H_pass) + heads
+    segment = sum(count * passes[name] for name, (count, _) in module_passes(inner).items()) + heads
+    with_gradient = sum(count * passes[name] for name, (_, count) in module_passes(inner).items()) + heads
 
-    flops = segment + 2 * (L_pass + H_pass + heads)
-    if config.halt_max_steps > 1:
+    flops = segment + 2 * with_gradient
+    if config.halt_max_steps > 1 and not config.no_ACT_continue:
         flops += segment
     return flops
 
@@ -175,7 +219,8 @@ SDPA_BACKENDS = {
 # Variant names: flash-attn-2, flash-attn-3, flash-attn-4.
 FLASH_PACKAGES = {backend.replace("_", "-"): backend for backend in attention.FLASH_BACKENDS}
 # Variant names of the fused kernel families (models/fused) they apply.
-FUSED_VARIANTS = {"fused": FAMILIES, "fused-block": ("block", "swiglu"), "fused-swiglu": ("swiglu",), "unfused": ()}
+FUSED_VARIANTS = {"fused": FAMILIES, "fused-block": ("block", "swiglu"), "fused-swiglu": ("swiglu",), "unfused": (),
+                  "mlp_t-padded": ("mlp_t_padded",), "mlp_t-left": ("mlp_t_left",)}
 
 
 @dataclass(frozen=True)
@@ -196,7 +241,8 @@ def parse_variant(name: str) -> Variant:
         if part == "default":
             continue
         if part in FUSED_VARIANTS:
-            fused_families = FUSED_VARIANTS[part]
+            # Parts add up: fused+mlp_t-left applies the kernel families and the mlp_t layout.
+            fused_families = tuple(dict.fromkeys((fused_families or ()) + FUSED_VARIANTS[part]))
         elif part in ("eager", "compile"):
             compile = part == "compile"
         elif part == "cuda-graphs":
@@ -311,6 +357,17 @@ def run_steps(config: PretrainConfig, state, batches, context: DistributedContex
         pretrain.finish_train_metrics(pending, config.global_batch_size)
 
 
+def weight_check_ms(state, device: torch.device, repeats: int = 20) -> float:
+    """Median time of the check that every training step makes for non-finite weights and optimiser
+    state (one fused pass, pretrain.train_batch), timed alone: its cost inside each timed step."""
+    clock = StepClock(device)
+    for _ in range(repeats):
+        clock.mark()
+        any_non_finite(pretrain.updated_tensors(state, device))
+    clock.mark()
+    return float(np.median(clock.step_ms()))
+
+
 def memory_gib(device: torch.device) -> Optional[float]:
     return round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda" else None
 
@@ -382,13 +439,17 @@ def benchmark_variant(variant: Variant, base_config: PretrainConfig, metadata: P
         run_steps(config, state, batches, context, args.steps, clock)
         step_ms = clock.step_ms()
         peak_memory = memory_gib(device)
+        check_ms = weight_check_ms(state, device)
 
         if args.profile:
             folder = args.profile if len(args.variants) == 1 else os.path.join(args.profile, re.sub(r"[^\w.-]", "_", variant.name))
             profile_steps(folder, config, state, batches, context)
 
-        backend = attention.attention_backend(seq_len, device, dtype, head_dim)
-    if variant.sdpa_backend is not None:
+        if any(isinstance(module, Attention) for module in model.modules()):
+            backend = attention.attention_backend(seq_len, device, dtype, head_dim)
+        else:
+            backend = "none"  # TRM with mlp_t
+    if variant.sdpa_backend is not None and backend != "none":
         backend = f"{backend} ({variant.sdpa_backend.name})"
 
     median_ms, p90_ms = float(np.median(step_ms)), float(np.percentile(step_ms, 90))
@@ -406,7 +467,8 @@ def benchmark_variant(variant: Variant, base_config: PretrainConfig, metadata: P
         "seq_len": metadata.seq_len,
         "puzzle_positions": model.inner.puzzle_emb_len,
         "num_identifiers": metadata.num_puzzle_identifiers,
-        "arch_overrides": args.arch,
+        "arch": args.arch,
+        "overrides": args.override,
         "device": device_name(device),
         "torch": torch.__version__,
         "forward_dtype": model.config.forward_dtype,
@@ -423,6 +485,9 @@ def benchmark_variant(variant: Variant, base_config: PretrainConfig, metadata: P
         "timed_steps": args.steps,
         "step_ms_median": round(median_ms, 3),
         "step_ms_p90": round(p90_ms, 3),
+        # The per-step check for non-finite weights, included in the step times above.
+        "weight_check_ms": round(check_ms, 4),
+        "weight_check_share": round(check_ms / median_ms, 5),
         "tokens_per_s": round(tokens / (median_ms * 1e-3), 1),
         "flops_per_step": flops,
         "achieved_tflops": round(achieved_tflops, 3),
@@ -445,8 +510,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="run each batch as K micro-batches, as pretrain.py's gradient_accumulation_steps (default 1)")
     parser.add_argument("--num-identifiers", type=int, help="puzzle identifiers, i.e. rows of the puzzle embedding table "
                         "(default: the shape's; arc 1000; the real ARC-1 build has 876407)")
-    parser.add_argument("--arch", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="model overrides, e.g. --arch hidden_size=256 H_cycles=1 (applied as arch.KEY=VALUE)")
+    parser.add_argument("--arch", default="hrm", help=f"the model and its recipe's arch keys: {', '.join(ARCHS)} (default hrm); "
+                        "trm is TRM's Sudoku recipe (mlp_t, no positions, 2 layers, H/L cycles 3/6)")
+    parser.add_argument("--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="config overrides as on pretrain.py's command line, applied last, e.g. --override arch.no_ACT_continue=true "
+                        "arch.hidden_size=256 (repeatable)")
     parser.add_argument("--compare", default="default", help="comma-separated variants to run in turn (default: default)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps, the first of which compiles (default 10)")
     parser.add_argument("--steps", type=int, default=50, help="timed steps (default 50)")
@@ -460,9 +528,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                                    ("--gradient-accumulation-steps", args.gradient_accumulation_steps, 1), ("--num-identifiers", args.num_identifiers, 1)):
         if value is not None and value < minimum:
             parser.error(f"{name} must be at least {minimum}, got {value}")
-    for item in args.arch:
+    if args.arch not in ARCHS:
+        hint = f"; config keys go to --override, e.g. --override arch.{args.arch}" if "=" in args.arch else ""
+        parser.error(f"--arch names the model, one of {', '.join(ARCHS)}, got '{args.arch}'{hint}")
+    for item in args.override:
         if "=" not in item:
-            parser.error(f"--arch takes KEY=VALUE items (e.g. hidden_size=256), got '{item}'")
+            parser.error(f"--override takes KEY=VALUE items (e.g. arch.hidden_size=256), got '{item}'")
     try:
         args.variants = [parse_variant(name.strip()) for name in args.compare.split(",")]
     except ValueError as error:
@@ -482,10 +553,9 @@ def run_benchmark(args: argparse.Namespace, context: DistributedContext) -> List
     num_identifiers = args.num_identifiers or shape.num_identifiers
     if context.is_distributed and args.profile:
         raise ConfigError("--profile runs in one process: start the benchmark with python, not torchrun")
-    # '++' sets a key whether or not the arch yaml has it (e.g. forward_dtype); the model's own config
-    # rejects unknown keys by name.
+    # The shape's arch keys with '++': set whether or not the arch yaml has them.
     base_config = load_config(["data_path=synthetic", f"global_batch_size={batch}", f"gradient_accumulation_steps={args.gradient_accumulation_steps}",
-                               "wandb.mode=disabled"] + [f"++arch.{item}" for item in shape.arch + tuple(args.arch)]
+                               "wandb.mode=disabled", *ARCHS[args.arch], *(f"++arch.{item}" for item in shape.arch), *args.override]
                               + environment_overrides(os.environ))
     check_world_size(base_config, context.world_size)
     metadata = shape_metadata(shape, num_identifiers)

@@ -35,7 +35,8 @@ import torch
 import torch.distributed as dist
 
 from dataset.common import PuzzleDatasetMetadata, inverse_dihedral_transform
-from utils.files import write_text_atomically
+from utils.checkpoint import load_tensor_file
+from utils.files import DiskFullError, write_text_atomically
 
 PASS_AT_K = (1, 2, 5, 10, 100, 1000)
 
@@ -111,6 +112,13 @@ def grid_to_list(grid: np.ndarray) -> List[List[int]]:
     return [[int(v) for v in row] for row in grid]
 
 
+def is_arc_dataset(data_path: str, metadata: PuzzleDatasetMetadata) -> bool:
+    """Whether a dataset folder looks built by dataset/build_arc_dataset.py: 30x30 canvases of 12 token
+    ids (padding, end-of-grid marker, 10 colours) and an identifiers.json naming the puzzles."""
+    return (metadata.seq_len == GRID_SIZE * GRID_SIZE and metadata.vocab_size == COLOUR_OFFSET + NUM_COLOURS
+            and os.path.isfile(os.path.join(data_path, "identifiers.json")))
+
+
 # ----------------------------------------------------------------------------------------------
 # Prediction files
 
@@ -145,7 +153,7 @@ def find_prediction_files(path: str) -> List[str]:
 
 
 def _load_file(file: str) -> Dict[str, np.ndarray]:
-    data = torch.load(file, map_location="cpu", weights_only=True)
+    data = load_tensor_file(file, "prediction file", "Run evaluate.py again to write it anew, or leave this file out.")
     if not isinstance(data, dict):
         raise ValueError(f"{file}: expected a dict of tensors as written by evaluate.py, got {type(data).__name__}")
     missing = [k for k in ("inputs", "puzzle_identifiers", "q_halt_logits") if k not in data]
@@ -568,7 +576,7 @@ def command_line() -> None:
     """`python -m evaluators.arc` (and its alias `python -m utils.arc_score`): errors as one line."""
     try:
         main()
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, DiskFullError) as error:
         sys.exit(f"error: {error}")
 
 

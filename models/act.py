@@ -6,6 +6,11 @@ per sequence, when to stop. In training a sequence stops when its Q head says so
 halt_max_steps); in evaluation every sequence runs exactly halt_max_steps segments, so that the
 batch's sequences stay aligned.
 
+Evaluation may think longer or shorter than training did: `eval_max_steps` replaces halt_max_steps
+there. With `eval_adaptive_halting` each sequence stops where its Q head says so, eval_max_steps (or
+halt_max_steps) being the cap; a stopped sequence then waits, its answer kept, until the whole
+batch has stopped (each evaluation batch starts from `initial_carry`).
+
 Two halting rules, chosen by the config's `no_ACT_continue`:
 - false (HRM's original): halt where q_halt > q_continue; q_continue learns a Q-learning target
   that one more, gradient-free, segment on the new carry provides.
@@ -13,8 +18,8 @@ Two halting rules, chosen by the config's `no_ACT_continue`:
   second segment and no q_continue target (so no q_continue loss in the loss head).
 """
 
-from dataclasses import dataclass
-from typing import Any, Dict, Tuple
+from dataclasses import dataclass, fields
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -40,6 +45,20 @@ class ACTWrapper(nn.Module):
         super().__init__()
         self.config = config
         self.inner = inner
+        # Evaluation settings, set by the code that evaluates (not part of the config or the state dict).
+        self.eval_max_steps: Optional[int] = None  # None: halt_max_steps
+        self.eval_adaptive_halting = False
+
+    @property
+    def evaluation_steps(self) -> int:
+        """The most segments a sequence runs in evaluation."""
+        return self.eval_max_steps or self.config.halt_max_steps
+
+    def q_says_halt(self, q_halt_logits: torch.Tensor, q_continue_logits: torch.Tensor) -> torch.Tensor:
+        """The Q head's halting rule, chosen by `no_ACT_continue`."""
+        if self.config.no_ACT_continue:
+            return q_halt_logits > 0
+        return q_halt_logits > q_continue_logits
 
     @property
     def puzzle_emb(self) -> nn.Module:
@@ -57,26 +76,28 @@ class ACTWrapper(nn.Module):
         )
 
     def forward(self, carry: ACTCarry, batch: Dict[str, torch.Tensor]) -> Tuple[ACTCarry, Dict[str, torch.Tensor]]:
-        # Sequences that halted last call start over on the new batch's rows.
+        adaptive = not self.training and self.eval_adaptive_halting
+        # Sequences that halted last call start over on the new batch's rows; in adaptive evaluation
+        # those that stopped after a segment or more stay stopped instead.
         halted = carry.halted
-        inner_carry = self.inner.reset_carry(halted, carry.inner_carry)
+        if adaptive:
+            stopped = carry.halted & (carry.steps > 0)
+            halted = carry.halted & ~stopped
+        start_carry = self.inner.reset_carry(halted, carry.inner_carry)
         steps = torch.where(halted, 0, carry.steps)
         current_data = {k: torch.where(halted.view((-1,) + (1,) * (v.ndim - 1)), batch[k], v) for k, v in carry.current_data.items()}
 
-        inner_carry, logits, (q_halt_logits, q_continue_logits) = self.inner(inner_carry, current_data)
+        inner_carry, logits, (q_halt_logits, q_continue_logits) = self.inner(start_carry, current_data)
         outputs = {"logits": logits, "q_halt_logits": q_halt_logits, "q_continue_logits": q_continue_logits}
 
         with torch.no_grad():
             steps = steps + 1
-            is_last_step = steps >= self.config.halt_max_steps
+            is_last_step = steps >= (self.config.halt_max_steps if self.training else self.evaluation_steps)
             halted = is_last_step
 
-            # Eval runs every sequence for halt_max_steps segments, so batches stay aligned.
+            # Eval runs every sequence for evaluation_steps segments, so batches stay aligned (unless adaptive).
             if self.training and self.config.halt_max_steps > 1:
-                if self.config.no_ACT_continue:
-                    halted = halted | (q_halt_logits > 0)
-                else:
-                    halted = halted | (q_halt_logits > q_continue_logits)
+                halted = halted | self.q_says_halt(q_halt_logits, q_continue_logits)
 
                 # Exploration: with probability halt_exploration_prob, a sequence must run for at
                 # least a random number of steps in [2, halt_max_steps].
@@ -91,5 +112,20 @@ class ACTWrapper(nn.Module):
                     outputs["target_q_continue"] = torch.sigmoid(
                         torch.where(is_last_step, next_q_halt, torch.maximum(next_q_halt, next_q_continue))
                     )
+            elif adaptive:
+                # A halted sequence keeps its step count and the state its last segment started
+                # from, so the next call runs that segment again: the same answer and Q values.
+                steps = torch.where(stopped, carry.steps, steps)
+                halted = stopped | is_last_step | self.q_says_halt(q_halt_logits, q_continue_logits)
+                inner_carry = _select_rows(halted, start_carry, inner_carry)
 
         return ACTCarry(inner_carry, steps, halted, current_data), outputs
+
+
+def _select_rows(rows: torch.Tensor, chosen: Any, other: Any) -> Any:
+    """An inner carry (a dataclass of [batch, ...] tensors) with `chosen`'s rows where `rows` is true, `other`'s elsewhere."""
+    values = {}
+    for field in fields(chosen):
+        value = getattr(chosen, field.name)
+        values[field.name] = torch.where(rows.view((-1,) + (1,) * (value.ndim - 1)), value, getattr(other, field.name))
+    return type(chosen)(**values)

@@ -21,11 +21,11 @@ def _find_multiple(a: int, b: int) -> int:
     return -(a // -b) * b
 
 
-def rms_norm(hidden_states: torch.Tensor, variance_epsilon: float) -> torch.Tensor:
-    """RMSNorm without a learned scale, computed in float32 whatever the input dtype."""
+def rms_norm(hidden_states: torch.Tensor, variance_epsilon: float, dim: int = -1) -> torch.Tensor:
+    """RMSNorm over `dim` without a learned scale, computed in float32 whatever the input dtype."""
     input_dtype = hidden_states.dtype
     hidden_states = hidden_states.to(torch.float32)
-    variance = hidden_states.square().mean(-1, keepdim=True)
+    variance = hidden_states.square().mean(dim, keepdim=True)
     return (hidden_states * torch.rsqrt(variance + variance_epsilon)).to(input_dtype)
 
 

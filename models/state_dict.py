@@ -27,10 +27,15 @@ def normalise_keys(state_dict: Mapping[str, torch.Tensor], expected_keys) -> Dic
     return state_dict
 
 
-def load_model_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+# What to do when a checkpoint does not fit the model built from a run's config.
+REBUILD_FIX = ("build the model with the config the checkpoint was trained with (its all_config.yaml: the arch.* "
+               "settings and the same dataset).")
+
+
+def load_model_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], fix: str = REBUILD_FIX) -> None:
     """Copy `state_dict` into `model` after checking that every key and shape fits.
 
-    Raises ValueError naming the missing keys, unexpected keys and shape mismatches otherwise.
+    Raises ValueError naming the missing keys, unexpected keys and shape mismatches otherwise, and `fix`.
     """
     expected = model.state_dict()
     state_dict = normalise_keys(state_dict, expected.keys())
@@ -53,7 +58,6 @@ def load_model_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tenso
         raise ValueError(
             "The checkpoint does not fit this model; it was made with another config (architecture or dataset shape).\n  "
             + "\n  ".join(problems)
-            + "\nFix: build the model with the config the checkpoint was trained with (its all_config.yaml: the arch.* "
-            "settings and the same dataset)."
+            + f"\nFix: {fix}"
         )
     model.load_state_dict(state_dict)

@@ -25,7 +25,7 @@ from utils.config import load_config
 from utils.distributed import DistributedContext
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CORE_MODULES = ["models.hrm.hrm_act_v1", "models.layers", "models.attention", "models.kernel_choice", "models.losses",
+CORE_MODULES = ["models.hrm.hrm_act_v1", "models.recursive_reasoning.trm", "models.recurrent_inner", "models.act", "models.layers", "models.attention", "models.kernel_choice", "models.losses",
                 "models.common", "models.sparse_embedding"]
 
 
@@ -153,7 +153,7 @@ def test_benchmark_variants_apply_their_families(monkeypatch):
         FAMILIES, ("block", "swiglu"), ("swiglu",), (), None]
     use_reference_kernels(monkeypatch)
     records = main(["--shape", "tiny", "--steps", "1", "--warmup", "1", "--compare", "eager+fused,eager+fused-block,eager+fused-swiglu",
-                    "--arch", "fused_kernels=true"])
+                    "--override", "arch.fused_kernels=true"])
     assert [record.get("error") for record in records] == [None] * 3
     # The variant, not arch.fused_kernels, decides.
     assert [record["fused_kernel"] for record in records] == ["reference block, reference MLP with gradient", "reference block", "reference SwiGLU"]

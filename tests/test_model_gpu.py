@@ -168,11 +168,14 @@ def test_optimizer_is_a_small_share_of_a_training_step(capsys):
 
 
 class OneSetLoader:
-    """What pretrain.evaluate reads of a test loader: the set names and (set, batch, effective size)."""
+    """What pretrain.evaluate reads of a test loader: the set names, the batch count and (set, batch, effective size)."""
 
     def __init__(self, batches):
         self.metadata = type("Metadata", (), {"sets": ["all"]})()
         self.batches = batches
+
+    def num_test_batches(self):
+        return len(self.batches)
 
     def __iter__(self):
         return iter([("all", batch, len(batch["inputs"])) for batch in self.batches])

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from models.layers import attention_backend
+from models.attention import attention_backend
 from models.losses import ACTLossHead
 from models.recursive_reasoning.trm import TinyRecursiveReasoningModel_ACTV1
 from tests.test_model_reference import GRAD_TOL, OUTPUT_TOL, relative_error

@@ -14,36 +14,25 @@ import yaml
 
 import evaluate
 import pretrain
-from tests.tiny_runs import REPO_ROOT, build_tiny_sudoku, tiny_overrides, training_environment
+from tests.tiny_runs import (
+    CPU,
+    REPO_ROOT,
+    build_tiny_sudoku,
+    final_weights,
+    run_script,
+    run_torchrun,
+    tiny_overrides,
+    train_in_process,
+    training_environment,
+)
 from utils.checkpoint import CheckpointError, list_checkpoints
 from utils.config import ConfigError, environment_overrides
-from utils.distributed import DistributedContext
 from utils.logging import read_metrics
-
-CPU = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     return build_tiny_sudoku(str(tmp_path_factory.mktemp("data")))
-
-
-def train_in_process(overrides):
-    torch.set_num_threads(1)
-    return pretrain.run_training(overrides, CPU)
-
-
-def run_script(arguments, **kwargs):
-    return subprocess.run([sys.executable, *arguments], cwd=REPO_ROOT, env=training_environment(), capture_output=True, text=True, **kwargs)
-
-
-def run_torchrun(processes, arguments):
-    """`torchrun --nproc-per-node processes` of a script and its arguments (gloo on the CPU)."""
-    return run_script(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes), *arguments], timeout=300)
-
-
-def final_weights(folder):
-    return torch.load(list_checkpoints(folder)[-1], weights_only=False)
 
 
 def without_timings(records):
@@ -118,8 +107,8 @@ def test_evaluate_reproduces_the_final_eval_and_saves_predictions(dataset, tmp_p
     assert os.listdir(tmp_path / "best") == ["step_24_all_preds.0"]
 
     # The evaluation's overrides are validated like a training config.
-    with pytest.raises(ConfigError, match="global_batch_size=0 must be a positive integer"):
-        evaluate.run_evaluation(evaluate.EvalConfig(checkpoint=os.path.join(run, "step_24.pt"), global_batch_size=0), CPU)
+    with pytest.raises(ConfigError, match="eval_batch_size=0 must be a positive integer"):
+        evaluate.run_evaluation(evaluate.EvalConfig(checkpoint=os.path.join(run, "step_24.pt"), eval_batch_size=0), CPU)
     with pytest.raises(ConfigError, match="save_outputs: unknown pred; choose from inputs"):
         evaluate.parse_eval_config([f"checkpoint={run}/step_24.pt", "save_outputs=[inputs,pred]"])
 
@@ -143,8 +132,10 @@ def test_an_original_weights_only_checkpoint_evaluates(dataset, tmp_path):
     assert theirs == ours
 
 
-def test_killed_run_resumes_to_the_same_weights(dataset, tmp_path):
-    common = dict(epochs=8, eval_interval=4, checkpoint_every_steps=5, seed=3)
+@pytest.mark.parametrize("ema", [False, True])
+def test_killed_run_resumes_to_the_same_weights(dataset, tmp_path, ema):
+    # With ema=true the average is part of the state (and the evaluations, logged, run on it).
+    common = dict(epochs=8, eval_interval=4, checkpoint_every_steps=5, seed=3, ema=ema, ema_rate=0.9)
     straight = str(tmp_path / "straight")
     result = run_script(["pretrain.py", *tiny_overrides(dataset, straight, **common)])
     assert result.returncode == 0, result.stderr
@@ -165,6 +156,9 @@ def test_killed_run_resumes_to_the_same_weights(dataset, tmp_path):
     expected, actual = final_weights(straight), final_weights(interrupted)
     assert actual["step"] == expected["step"] == 24
     assert_same_tensors(expected["model"], actual["model"], exact=True)
+    assert ("ema" in expected) == ("ema" in actual) == ema
+    if ema:
+        assert_same_tensors(expected["ema"], actual["ema"], exact=True)
     assert len(expected["optimizers"]) == len(actual["optimizers"]) == 2
     for expected_optimizer, actual_optimizer in zip(expected["optimizers"], actual["optimizers"]):
         assert_same_nested(expected_optimizer, actual_optimizer)
@@ -400,7 +394,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(datase
 
     monkeypatch.setattr(ACTLossHead, "forward", forward_turning_nan_at_step_7)
     run = str(tmp_path / "run")
-    with pytest.raises(pretrain.NonFiniteLossError, match="step 7"):
+    with pytest.raises(pretrain.NonFiniteError, match="step 7"):
         train_in_process(tiny_overrides(dataset, run, checkpoint_every_steps=3))
     assert [os.path.basename(path) for path in list_checkpoints(run)] == ["step_3.pt", "step_6.pt"]
 

@@ -1,11 +1,18 @@
-"""Shared pieces of the training tests: a tiny real dataset and a tiny CPU config."""
+"""Shared pieces of the training tests: a tiny real dataset, a tiny CPU config, and ways to run it."""
 
 import csv
 import os
 import subprocess
 import sys
 
+import torch
+
+import pretrain
+from utils.checkpoint import list_checkpoints
+from utils.distributed import DistributedContext
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CPU = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 SUDOKU_SAMPLE = os.path.join(REPO_ROOT, "dataset", "samples", "sudoku-extreme")
 
 
@@ -65,3 +72,55 @@ def training_environment() -> dict:
     environment.pop("WORLD_SIZE", None)
     environment.pop("RANK", None)
     return environment
+
+
+def train_in_process(overrides):
+    torch.set_num_threads(1)
+    return pretrain.run_training(overrides, CPU)
+
+
+def run_script(arguments, **kwargs):
+    return subprocess.run([sys.executable, *arguments], cwd=REPO_ROOT, env=training_environment(), capture_output=True, text=True, **kwargs)
+
+
+def run_torchrun(processes, arguments):
+    """`torchrun --nproc-per-node processes` of a script and its arguments (gloo on the CPU)."""
+    return run_script(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes), *arguments], timeout=300)
+
+
+def final_weights(folder):
+    return torch.load(list_checkpoints(folder)[-1], weights_only=False)
+MAZE_SAMPLE = os.path.join(REPO_ROOT, "dataset", "samples", "maze-30x30-hard")
+ARC_EXAMPLE = os.path.join(REPO_ROOT, "tests", "data", "arc_example", "data")
+
+
+def build_tiny_maze(folder: str, train_rows: int = 16, test_rows: int = 4) -> str:
+    """A small 30x30 maze dataset from the first rows of the shipped real mazes, built by our own builder."""
+    source = os.path.join(folder, "source")
+    os.makedirs(source, exist_ok=True)
+    for split, rows in (("train", train_rows), ("test", test_rows)):
+        write_csv_slice(os.path.join(MAZE_SAMPLE, f"{split}.csv"), os.path.join(source, f"{split}.csv"), rows)
+    output = os.path.join(folder, "maze-tiny")
+    subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "dataset", "build_maze_dataset.py"), "--source-repo", source, "--output-dir", output],
+        check=True, cwd=REPO_ROOT, capture_output=True,
+    )
+    return output
+
+
+def save_untrained_run(folder: str, metadata, **overrides) -> str:
+    """A run folder holding all_config.yaml (tiny_overrides with `overrides`) and step_0.pt with a
+    model initialised for `metadata` (a PuzzleDatasetMetadata): a checkpoint of any shape, in a second."""
+    import torch
+
+    import pretrain
+    from utils.config import load_config, save_config
+    from utils.distributed import DistributedContext
+
+    config = load_config(tiny_overrides(overrides.pop("data_path", "data/none"), folder, **overrides))
+    cpu = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    loss_head = pretrain.build_loss_head(config, metadata, cpu)
+    save_config(config, folder)
+    path = os.path.join(folder, "step_0.pt")
+    torch.save({"model": loss_head.state_dict(), "step": 0}, path)
+    return path

@@ -45,6 +45,14 @@ class ArchConfig(BaseModel):
     loss: LossConfig
 
 
+class EvaluatorConfig(BaseModel):
+    """One entry of `evaluators`: `module@Class` under evaluators/, and keyword arguments for the class."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+
+
 class WandbConfig(StrictModel):
     mode: Literal["offline", "online", "disabled"] = "offline"
 
@@ -86,18 +94,21 @@ class PretrainConfig(StrictModel):
 
     seed: int = 0
 
-    # TRM's training keys
-    ema: bool = False
-    ema_rate: float = 0.999
-    evaluators: List[Dict[str, Any]] = []
-
     project_name: Optional[str] = None
     run_name: Optional[str] = None
     checkpoint_path: Optional[str] = None
 
     eval_save_outputs: List[str] = []
+    # TRM's keys. evaluators null: ARC pass@K on an ARC dataset, none otherwise.
+    evaluators: Optional[List[EvaluatorConfig]] = None
+    min_eval_interval: int = 0
+    ema: bool = False
+    ema_rate: float = 0.999
+    load_checkpoint: Optional[str] = None
+    freeze_weights: bool = False
 
     resume: bool = False
+    allow_dataset_change: bool = False
     checkpoint_every_steps: Optional[int] = None
     keep_checkpoints: Optional[int] = None
     stop_after_minutes: Optional[float] = None
@@ -156,6 +167,10 @@ class PretrainConfig(StrictModel):
         for key in ("beta1", "beta2"):
             if not 0 <= getattr(self, key) < 1:
                 raise ValueError(f"{key}={getattr(self, key)} must be in [0, 1) (the defaults are beta1=0.9, beta2=0.95)")
+        if not 0 < self.ema_rate < 1:
+            raise ValueError(f"ema_rate={self.ema_rate} must be in (0, 1): each step keeps this share of the average (TRM's default 0.999)")
+        if self.min_eval_interval < 0:
+            raise ValueError(f"min_eval_interval={self.min_eval_interval} must be >= 0 (the eval intervals to train before the first evaluation)")
         if not 0 <= self.lr_min_ratio <= 1:
             raise ValueError(f"lr_min_ratio={self.lr_min_ratio} must be in [0, 1]: the cosine schedule ends at lr * lr_min_ratio")
         return self
@@ -223,6 +238,13 @@ def environment_overrides(environ) -> List[str]:
     anything) is compile=false. Entry points read the environment once and append these overrides,
     so the saved config records them."""
     return ["compile=false"] if "DISABLE_COMPILE" in environ else []
+
+
+def dataset_setting(config: PretrainConfig) -> str:
+    """The trained datasets as a user sets them: data_path=X for one folder, data_paths=[X,Y] for several."""
+    if len(config.data_paths) == 1:
+        return f"data_path={config.data_paths[0]}"
+    return f"data_paths=[{','.join(config.data_paths)}]"
 
 
 def validate_config(raw: dict) -> PretrainConfig:

@@ -5,7 +5,7 @@ import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, List, Sequence
+from typing import Any, Callable, Iterator, List, Sequence
 
 import torch
 import torch.distributed as dist
@@ -122,6 +122,21 @@ def broadcast_object(value: Any, context: DistributedContext) -> Any:
     holder = [value]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def run_on_main(function: Callable[[], Any], context: DistributedContext) -> Any:
+    """`function()` on rank 0, whose result it returns there (None on the other ranks). If it raises,
+    every rank raises its error: no rank is left waiting for rank 0 in the next collective."""
+    result, failure = None, None
+    if context.is_main:
+        try:
+            result = function()
+        except Exception as error:  # raised again below, on every rank
+            failure = error
+    failure = broadcast_object(failure, context)
+    if failure is not None:
+        raise failure
+    return result
 
 
 def gather_objects(value: Any, context: DistributedContext) -> List[Any]:

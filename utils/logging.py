@@ -9,7 +9,7 @@ import os
 import secrets
 from typing import Dict, Optional
 
-from utils.files import write_text_atomically
+from utils.files import disk_full_error, is_out_of_space, write_text_atomically
 
 METRICS_FILE_NAME = "metrics.jsonl"
 WANDB_ID_FILE_NAME = "wandb_run_id.txt"
@@ -23,7 +23,8 @@ class RunLogger:
     def __init__(self, folder: str, project_name: str, run_name: str, config: dict, wandb_mode: str, start_step: int):
         self.metrics_path = os.path.join(folder, METRICS_FILE_NAME)
         _drop_lines_after(self.metrics_path, start_step)
-        self.metrics_file = open(self.metrics_path, "a")
+        # Unbuffered: each record reaches the file in the call that logs it, or the call fails.
+        self.metrics_file = open(self.metrics_path, "ab", buffering=0)
         self.wandb_run = None
         if wandb_mode != "disabled":
             import wandb
@@ -36,8 +37,7 @@ class RunLogger:
 
     def log(self, metrics: Dict[str, float], step: int) -> None:
         record = {"step": step, **{key: _plain_number(value) for key, value in metrics.items()}}
-        self.metrics_file.write(json.dumps(record) + "\n")
-        self.metrics_file.flush()
+        self._append((json.dumps(record) + "\n").encode())
         if self.wandb_run is not None:
             self.wandb_run.log(metrics, step=step)
 
@@ -45,6 +45,19 @@ class RunLogger:
         self.metrics_file.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
+
+    def _append(self, line: bytes) -> None:
+        """Append one line whole, or not at all: a write that fails (a full disk) is cut back off."""
+        start = self.metrics_file.seek(0, os.SEEK_END)
+        try:
+            written = 0
+            while written < len(line):
+                written += self.metrics_file.write(line[written:])
+        except OSError as error:
+            self.metrics_file.truncate(start)
+            if is_out_of_space(error):
+                raise disk_full_error(self.metrics_path, len(line)) from error
+            raise
 
 
 class SilentLogger:

@@ -1,11 +1,12 @@
 """Kernel family "block": each post-norm block of a gradient-free pass in fused matrix-product epilogues.
 
-HRM's block is x <- rms(x + attn(x)); x <- rms(x + mlp(x)). On the PyTorch path each step between
-the matrix products (RoPE, the two residual adds with their RMSNorms, silu(gate) * up) is a pass
-over memory of its own. Here every one rides in a product's epilogue, and the RMSNorms are
-deferred: the product that ends a residual sum writes the sum y unnormalised together with
-sum(y^2) per row, and the products that read y scale their accumulators by rstd = 1 / rms(y) (a
-row scale commutes with the product). One block, x arriving with its pending scale rstd_x:
+HRM's block (and TRM's without mlp_t) is x <- rms(x + attn(x)); x <- rms(x + mlp(x)). On the
+PyTorch path each step between the matrix products (RoPE, the two residual adds with their
+RMSNorms, silu(gate) * up) is a pass over memory of its own. Here every one rides in a product's
+epilogue, and the RMSNorms are deferred: the product that ends a residual sum writes the sum y
+unnormalised together with sum(y^2) per row, and the products that read y scale their accumulators
+by rstd = 1 / rms(y) (a row scale commutes with the product). One block, x arriving with its
+pending scale rstd_x:
 
     qkv   = rope((x @ Wqkv^T) * rstd_x)
     o     = attention(q, k, v)
@@ -33,11 +34,12 @@ from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from models.attention import attention
-from models.hrm.hrm_act_v1 import HierarchicalReasoningModel_ACTV1Block, HierarchicalReasoningModel_ACTV1ReasoningModule
+from models.hrm.hrm_act_v1 import HierarchicalReasoningModel_ACTV1ReasoningModule
 from models.kernel_choice import check_against_references
-from models.layers import CosSin
+from models.layers import Attention, CosSin
 
 
 class RopeTables(NamedTuple):
@@ -71,6 +73,12 @@ def rope_tables(
         per_head = torch.stack((high, low), dim=-1).reshape(head_dim)
         frequencies[: 2 * num_heads * head_dim] = per_head.repeat(2 * num_heads)
     return RopeTables(rope_positions(batch_size, seq_len, device), frequencies)
+
+
+def fusable(module: HierarchicalReasoningModel_ACTV1ReasoningModule) -> bool:
+    """Whether every block of a reasoning module is the post-norm attention block that
+    `block_forward` computes (HRM's, and TRM's without mlp_t)."""
+    return all(isinstance(getattr(layer, "self_attn", None), Attention) for layer in module.layers)
 
 
 def supported(hidden_size: int, head_dim: int) -> bool:
@@ -202,10 +210,10 @@ def _rstd_swiglu_shape(x, weight, rstd, kernels):
 
 
 def block_forward(
-    block: HierarchicalReasoningModel_ACTV1Block, x: torch.Tensor, rstd: torch.Tensor, seq_len: int, tables: RopeTables, kernels: str
+    block: nn.Module, x: torch.Tensor, rstd: torch.Tensor, seq_len: int, tables: RopeTables, kernels: str
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """One block in fused epilogues: x [tokens, hidden] arrives before its pending RMSNorm scale rstd
-    [tokens] and the output leaves the same way."""
+    """One attention block (see `fusable`) in fused epilogues: x [tokens, hidden] arrives before its
+    pending RMSNorm scale rstd [tokens] and the output leaves the same way."""
     attn, mlp, dtype = block.self_attn, block.mlp, x.dtype
     qkv_weight = interleave_qkv_weight(attn.qkv_proj.weight.to(dtype), attn.num_heads, attn.head_dim)
     qkv = rope_qkv(x, qkv_weight, rstd, tables.positions, tables.frequencies, kernels)

@@ -33,9 +33,11 @@ from models.kernel_choice import check_against_references
 from models.layers import SwiGLU
 
 
-def supported(mlp: SwiGLU) -> bool:
-    """Shapes the kernels take: 16-element-aligned rows; other layers keep PyTorch."""
-    inner_size, hidden_size = mlp.down_proj.weight.shape[1], mlp.down_proj.weight.shape[0]
+def supported(mlp: SwiGLU, hidden_size: Optional[int] = None) -> bool:
+    """Shapes the kernels take: 16-element-aligned rows of the inner size and of `hidden_size` (the
+    MLP's own unless it runs over a padded axis); other layers keep PyTorch."""
+    inner_size = mlp.down_proj.weight.shape[1]
+    hidden_size = mlp.down_proj.weight.shape[0] if hidden_size is None else hidden_size
     return hidden_size % 16 == 0 and inner_size % 16 == 0
 
 
@@ -196,13 +198,17 @@ class FusedSwiGLU(SwiGLU):
         self.gradient_free, self.with_gradient = gradient_free, with_gradient
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.swiglu(x, self.gate_up_proj.weight.to(x.dtype), self.down_proj.weight.to(x.dtype))
+
+    def swiglu(self, x: torch.Tensor, gate_up_weight: torch.Tensor, down_weight: torch.Tensor) -> torch.Tensor:
+        """down(silu(gate) * up) over x's last axis, with the weights given in x's dtype."""
         kernels = self.with_gradient if torch.is_grad_enabled() else self.gradient_free
         if kernels is None:
-            return super().forward(x)
+            gate, up = F.linear(x, gate_up_weight).chunk(2, dim=-1)
+            return F.linear(F.silu(gate) * up, down_weight)
         rows = x.reshape(-1, x.shape[-1])
         if torch.is_grad_enabled():
-            gate_up_weight = interleave_gate_up_weight(self.gate_up_proj.weight.to(x.dtype))
-            out = FusedSwiGLUMLP.apply(rows, gate_up_weight, self.down_proj.weight.to(x.dtype), kernels)
-            return out.view(*x.shape[:-1], out.shape[-1])
-        inner = gate_up_swiglu(rows, self.gate_up_proj.weight.to(x.dtype), kernels)
-        return self.down_proj(inner.view(*x.shape[:-1], inner.shape[-1]))
+            out = FusedSwiGLUMLP.apply(rows, interleave_gate_up_weight(gate_up_weight), down_weight, kernels)
+        else:
+            out = F.linear(gate_up_swiglu(rows, gate_up_weight, kernels), down_weight)
+        return out.view(*x.shape[:-1], out.shape[-1])

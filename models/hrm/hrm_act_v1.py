@@ -7,19 +7,19 @@ one-step gradient approximation). The ACT wrapper carries (z_H, z_L) across call
 sequence when to stop, with a Q-head trained to predict whether the answer is already right.
 """
 
-import math
-from typing import Dict, List, Literal, Optional, Tuple
+from typing import List, Literal, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from torch import nn
 
 from models.act import ACTCarry, ACTWrapper
-from models.common import trunc_normal_init_
-from models.layers import Attention, CastedEmbedding, CastedLinear, CosSin, RotaryEmbedding, SwiGLU, rms_norm
-from models.recurrent_inner import InnerCarry
-from models.sparse_embedding import CastedSparseEmbedding
+from models.layers import Attention, CosSin, SwiGLU, rms_norm
+from models.recurrent_inner import InnerCarry, RecurrentInner
+
+
+# What arch.fused_kernels may list: the kernel families and mlp_t layouts of models/fused/.
+FUSED_KERNEL_CHOICES = ("block", "swiglu", "mlp", "mlp_t_padded", "mlp_t_left")
 
 
 class HierarchicalReasoningModel_ACTV1Config(BaseModel):
@@ -49,9 +49,9 @@ class HierarchicalReasoningModel_ACTV1Config(BaseModel):
     no_ACT_continue: bool = False
 
     forward_dtype: str = "bfloat16"
-    # Opt-in fused GPU kernels (models/fused/), which pretrain.py applies to the built model; the model
-    # itself ignores this key.
-    fused_kernels: bool = False
+    # Opt-in speed code (models/fused/), which pretrain.py applies to the built model; the model itself
+    # ignores this key. true: every fused kernel family; or a list of families and mlp_t layouts.
+    fused_kernels: Union[bool, List[str]] = False
 
     @field_validator("batch_size", "seq_len", "num_puzzle_identifiers", "vocab_size", "H_cycles", "L_cycles",
                      "H_layers", "L_layers", "hidden_size", "num_heads", "halt_max_steps")
@@ -59,6 +59,14 @@ class HierarchicalReasoningModel_ACTV1Config(BaseModel):
     def _positive(cls, value: int) -> int:
         if value < 1:
             raise ValueError(f"must be >= 1, got {value}")
+        return value
+
+    @field_validator("fused_kernels")
+    @classmethod
+    def _known_fused_kernels(cls, value: Union[bool, List[str]]) -> Union[bool, List[str]]:
+        unknown = [name for name in value if name not in FUSED_KERNEL_CHOICES] if isinstance(value, list) else []
+        if unknown:
+            raise ValueError(f"unknown {unknown}: give true (every kernel family), false, or a list of {', '.join(FUSED_KERNEL_CHOICES)}")
         return value
 
     @field_validator("forward_dtype")
@@ -122,89 +130,24 @@ class HierarchicalReasoningModel_ACTV1ReasoningModule(nn.Module):
         return hidden_states
 
 
-class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
-    """One segment: input embedding, the nested H/L recurrence, the LM head and the Q head."""
+class HierarchicalReasoningModel_ACTV1_Inner(RecurrentInner):
+    """One segment: the nested H/L recurrence between the shared input embedding and heads
+    (models/recurrent_inner.py)."""
 
     def __init__(self, config: HierarchicalReasoningModel_ACTV1Config):
-        super().__init__()
-        self.config = config
-        self.forward_dtype = getattr(torch, config.forward_dtype)
-
-        hidden = config.hidden_size
-        self.embed_scale = math.sqrt(hidden)
-        embed_init_std = 1.0 / self.embed_scale
-
-        self.embed_tokens = CastedEmbedding(config.vocab_size, hidden, init_std=embed_init_std, cast_to=self.forward_dtype)
-        self.lm_head = CastedLinear(hidden, config.vocab_size, bias=False)
-        self.q_head = CastedLinear(hidden, 2, bias=True)
-
         # The puzzle embedding takes ceil(puzzle_emb_ndim / hidden) positions in front of the tokens.
-        self.puzzle_emb_len = -(config.puzzle_emb_ndim // -hidden)
-        if config.puzzle_emb_ndim > 0:
-            self.puzzle_emb = CastedSparseEmbedding(
-                config.num_puzzle_identifiers, config.puzzle_emb_ndim, batch_size=config.batch_size, init_std=0, cast_to=self.forward_dtype
-            )
-
-        total_len = config.seq_len + self.puzzle_emb_len
-        if config.pos_encodings == "rope":
-            self.rotary_emb = RotaryEmbedding(dim=hidden // config.num_heads, max_position_embeddings=total_len, base=config.rope_theta)
-        else:
-            self.embed_pos = CastedEmbedding(total_len, hidden, init_std=embed_init_std, cast_to=self.forward_dtype)
-
+        super().__init__(config, puzzle_emb_len=-(config.puzzle_emb_ndim // -config.hidden_size))
         self.H_level = HierarchicalReasoningModel_ACTV1ReasoningModule([HierarchicalReasoningModel_ACTV1Block(config) for _ in range(config.H_layers)])
         self.L_level = HierarchicalReasoningModel_ACTV1ReasoningModule([HierarchicalReasoningModel_ACTV1Block(config) for _ in range(config.L_layers)])
+        self.register_initial_states()
 
-        # Starting states of a fresh sequence: fixed random vectors, saved with the model.
-        self.register_buffer("H_init", trunc_normal_init_(torch.empty(hidden), std=1).to(self.forward_dtype), persistent=True)
-        self.register_buffer("L_init", trunc_normal_init_(torch.empty(hidden), std=1).to(self.forward_dtype), persistent=True)
-
-        # Q head starts by strongly preferring "continue" (sigmoid(-5) ~ 0.007 for both logits).
-        with torch.no_grad():
-            self.q_head.weight.zero_()
-            self.q_head.bias.fill_(-5)
-
-    def _input_embeddings(self, inputs: torch.Tensor, puzzle_identifiers: torch.Tensor) -> torch.Tensor:
-        hidden = self.config.hidden_size
-        embedding = self.embed_tokens(inputs.to(torch.int32))
-
-        if self.config.puzzle_emb_ndim > 0:
-            puzzle_embedding = self.puzzle_emb(puzzle_identifiers)
-            pad_count = self.puzzle_emb_len * hidden - puzzle_embedding.shape[-1]
-            if pad_count > 0:
-                puzzle_embedding = F.pad(puzzle_embedding, (0, pad_count))
-            embedding = torch.cat((puzzle_embedding.view(-1, self.puzzle_emb_len, hidden), embedding), dim=-2)
-
-        if self.config.pos_encodings == "learned":
-            # Scale the sum by 1/sqrt(2) to keep the forward variance of one embedding.
-            embedding = (1 / math.sqrt(2)) * (embedding + self.embed_pos.embedding_weight.to(self.forward_dtype))
-
-        return self.embed_scale * embedding
-
-    def empty_carry(self, batch_size: int, device: torch.device) -> HierarchicalReasoningModel_ACTV1InnerCarry:
-        # Placeholder states: every sequence is reset from H_init/L_init before its first use.
-        shape = (batch_size, self.config.seq_len + self.puzzle_emb_len, self.config.hidden_size)
-        return HierarchicalReasoningModel_ACTV1InnerCarry(
-            z_H=torch.zeros(shape, dtype=self.forward_dtype, device=device),
-            z_L=torch.zeros(shape, dtype=self.forward_dtype, device=device),
-        )
-
-    def reset_carry(self, reset_flag: torch.Tensor, carry: HierarchicalReasoningModel_ACTV1InnerCarry) -> HierarchicalReasoningModel_ACTV1InnerCarry:
-        flag = reset_flag.view(-1, 1, 1)
-        return HierarchicalReasoningModel_ACTV1InnerCarry(
-            z_H=torch.where(flag, self.H_init, carry.z_H),
-            z_L=torch.where(flag, self.L_init, carry.z_L),
-        )
-
-    def forward(
-        self, carry: HierarchicalReasoningModel_ACTV1InnerCarry, batch: Dict[str, torch.Tensor]
-    ) -> Tuple[HierarchicalReasoningModel_ACTV1InnerCarry, torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
-        cos_sin = self.rotary_emb() if self.config.pos_encodings == "rope" else None
-        input_embeddings = self._input_embeddings(batch["inputs"], batch["puzzle_identifiers"])
+    def cycles(
+        self, z_H: torch.Tensor, z_L: torch.Tensor, input_embeddings: torch.Tensor, cos_sin: Optional[CosSin]
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         H_cycles, L_cycles = self.config.H_cycles, self.config.L_cycles
 
         # All updates but the final L and H ones run without gradient.
         with torch.no_grad():
-            z_H, z_L = carry.z_H, carry.z_L
             for h in range(H_cycles):
                 for l in range(L_cycles):
                     if not (h == H_cycles - 1 and l == L_cycles - 1):
@@ -215,11 +158,7 @@ class HierarchicalReasoningModel_ACTV1_Inner(nn.Module):
         # One-step gradient: backpropagate through the last L and H updates only.
         z_L = self.L_level(z_L, z_H + input_embeddings, cos_sin)
         z_H = self.H_level(z_H, z_L, cos_sin)
-
-        new_carry = HierarchicalReasoningModel_ACTV1InnerCarry(z_H=z_H.detach(), z_L=z_L.detach())
-        logits = self.lm_head(z_H)[:, self.puzzle_emb_len:]
-        q_logits = self.q_head(z_H[:, 0]).to(torch.float32)
-        return new_carry, logits, (q_logits[..., 0], q_logits[..., 1])
+        return z_H, z_L
 
 
 class HierarchicalReasoningModel_ACTV1(ACTWrapper):

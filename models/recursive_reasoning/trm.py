@@ -33,8 +33,6 @@ class TinyRecursiveReasoningModel_ACTV1Config(HierarchicalReasoningModel_ACTV1Co
     # Positions in front of the tokens for the puzzle embedding; 0: ceil(puzzle_emb_ndim / hidden_size).
     puzzle_emb_len: int = 16
     no_ACT_continue: bool = True
-    # Accepted so that the arch.* keys shared with HRM and saved configs work; TRM runs no fused kernels.
-    fused_kernels: bool = False
 
     # HRM's check without H_layers, which TRM ignores (its recipes set 0).
     @field_validator("batch_size", "seq_len", "num_puzzle_identifiers", "vocab_size", "H_cycles", "L_cycles",

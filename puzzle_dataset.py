@@ -361,11 +361,11 @@ class PuzzleDataset(torch.utils.data.IterableDataset):
 
     def num_examples(self) -> int:
         """Examples in the split, over all sets: what a test pass (test_set_mode) yields."""
-        return sum(arrays.num_examples for arrays in self._sets.values())
+        return sum(self._part_arrays(index)[1].num_examples for index in range(len(self._parts)))
 
     def num_test_batches(self) -> int:
         """How many batches a test pass (test_set_mode) yields."""
-        return sum(-(-arrays.num_examples // self.config.global_batch_size) for arrays in self._sets.values())
+        return sum(-(-self._part_arrays(index)[1].num_examples // self.config.global_batch_size) for index in range(len(self._parts)))
 
     def _local_slice(self) -> slice:
         return slice(self.config.rank * self.local_batch_size, (self.config.rank + 1) * self.local_batch_size)

@@ -201,13 +201,13 @@ class PuzzleSet:
 def read_puzzles(arguments: argparse.Namespace, saved: PretrainConfig, config: PretrainConfig, context: DistributedContext) -> PuzzleSet:
     if arguments.sudoku is not None:
         puzzles = sudoku.read_sudokus(arguments.sudoku)
-        return PuzzleSet("sudoku", puzzles, sudoku_metadata(len(puzzles)), "Sudoku puzzles")
+        return PuzzleSet("sudoku", puzzles, sudoku_metadata(len(puzzles), len(puzzles)), "Sudoku puzzles")
     if arguments.maze is not None:
         puzzles = maze.read_mazes(arguments.maze)
         sides = sorted({math.isqrt(len(puzzle.inputs)) for puzzle in puzzles})
         if len(sides) > 1:
             raise PuzzleInputError(f"{arguments.maze} holds mazes of several sizes ({', '.join(f'{s}x{s}' for s in sides)}); give one size at a time")
-        return PuzzleSet("maze", puzzles, maze_metadata(sides[0], len(puzzles)), f"a {sides[0]}x{sides[0]} maze")
+        return PuzzleSet("maze", puzzles, maze_metadata(sides[0], len(puzzles), len(puzzles)), f"a {sides[0]}x{sides[0]} maze")
     data_path = arguments.data_path or (saved.data_paths_test or saved.data_paths)[0]
     # Opening the test split checks the dataset whole and gives its metadata.
     test_config = config.model_copy(update={"data_paths": [data_path], "data_paths_test": []})

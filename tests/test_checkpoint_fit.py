@@ -53,7 +53,7 @@ def test_another_builds_puzzle_identifiers(tmp_path):
 
 
 def test_another_vocabulary(tmp_path):
-    checkpoint = save_untrained_run(str(tmp_path / "run"), sudoku_metadata(1), data_path=build_tiny_sudoku(str(tmp_path / "sudoku")))
+    checkpoint = save_untrained_run(str(tmp_path / "run"), sudoku_metadata(1, 1), data_path=build_tiny_sudoku(str(tmp_path / "sudoku")))
     maze = build_tiny_maze(str(tmp_path / "maze"))
     with pytest.raises(CheckpointMismatchError) as error:
         evaluate_on(checkpoint, maze)
@@ -74,18 +74,18 @@ def make_model(model_class, metadata: PuzzleDatasetMetadata, **arch):
      "its mlp_t weights model.inner.L_level.layers.0.mlp_t.down_proj.weight span 902 positions, 2 of them for the puzzle embedding"),
 ])
 def test_another_sequence_length_read_from_the_weights(model_class, arch, evidence):
-    trained = make_model(model_class, maze_metadata(30, 1), **arch)
-    target = make_model(model_class, maze_metadata(20, 1), **arch)
+    trained = make_model(model_class, maze_metadata(30, 1, 1), **arch)
+    target = make_model(model_class, maze_metadata(20, 1, 1), **arch)
     with pytest.raises(CheckpointMismatchError) as error:
-        check_weights_fit(trained.state_dict(), target, maze_metadata(20, 1), "step_9.pt", "a 20x20 maze")
+        check_weights_fit(trained.state_dict(), target, maze_metadata(20, 1, 1), "step_9.pt", "a 20x20 maze")
     assert str(error.value).startswith(f"step_9.pt was trained on sequences of seq_len=900 ({evidence}), while seq_len=400 for a 20x20 maze. "
                                        "A model answers puzzles of the size it was trained on")
 
 
 def test_another_sequence_length_read_from_the_training_dataset(tmp_path):
     # With RoPE no weight depends on seq_len: the dataset the run trained on tells it, while it is on disk.
-    trained = make_model(HierarchicalReasoningModel_ACTV1, sudoku_metadata(1))
-    longer = sudoku_metadata(1).model_copy(update={"seq_len": 162})
+    trained = make_model(HierarchicalReasoningModel_ACTV1, sudoku_metadata(1, 1))
+    longer = sudoku_metadata(1, 1).model_copy(update={"seq_len": 162})
     target = make_model(HierarchicalReasoningModel_ACTV1, longer)
     sudoku = build_tiny_sudoku(str(tmp_path))
     with pytest.raises(CheckpointMismatchError, match=rf"seq_len=81 \(the dataset its run trained on, {sudoku}\), while seq_len=162 for x"):

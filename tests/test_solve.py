@@ -229,7 +229,7 @@ def test_segments_and_adaptive_halting(sudoku_checkpoint, capsys, tmp_path):
 
 
 def test_a_trm_checkpoint_answers_too(capsys, tmp_path):
-    checkpoint = save_untrained_run(str(tmp_path / "trm"), sudoku_metadata(1), arch="trm", **{"arch.puzzle_emb_len": 2})
+    checkpoint = save_untrained_run(str(tmp_path / "trm"), sudoku_metadata(1, 1), arch="trm", **{"arch.puzzle_emb_len": 2})
     code, out, err = run_solve(capsys, checkpoint, "--sudoku", SUDOKU["question"], "--segments", 4, "--adaptive")
     assert code == 0, err
     # TRM halts on q_halt > 0; its initial Q head (bias -5) never says so, so the cap of 4 holds.

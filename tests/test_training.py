@@ -355,6 +355,7 @@ def test_starting_over_an_existing_run_is_refused(dataset, tmp_path):
         ({"cuda_graphs": "true", "compile": "false"}, "cuda_graphs=true needs torch.compile"),
         ({"cuda_graphs": "true", "gradient_accumulation_steps": 2}, "Set gradient_accumulation_steps=1 \\(now 2\\) or cuda_graphs=false"),
         ({"lr": -1}, "lr=-1.0 must be >= 0"),
+        ({"seed": -1}, "seed=-1 must be >= 0"),
         ({"beta1": 1.5}, "beta1=1.5 must be in \\[0, 1\\)"),
         ({"lr_min_ratio": 2}, "lr_min_ratio=2.0 must be in \\[0, 1\\]"),
         ({"arch.loss.loss_type": "foo"}, "arch.loss.loss_type: Input should be 'stablemax_cross_entropy' or 'softmax_cross_entropy'"),

@@ -161,6 +161,8 @@ class PretrainConfig(StrictModel):
             )
         if self.lr_warmup_steps < 0:
             raise ValueError(f"lr_warmup_steps={self.lr_warmup_steps} must be >= 0")
+        if self.seed < 0:
+            raise ValueError(f"seed={self.seed} must be >= 0: it seeds the weights, the data order and ACT's exploration")
         for key in ("lr", "puzzle_emb_lr", "weight_decay", "puzzle_emb_weight_decay"):
             if not getattr(self, key) >= 0:
                 raise ValueError(f"{key}={getattr(self, key)} must be >= 0")

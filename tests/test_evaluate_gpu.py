@@ -13,7 +13,7 @@ import torch
 import evaluate
 import pretrain
 from tests.tiny_runs import REPO_ROOT, build_tiny_sudoku, tiny_overrides, training_environment
-from utils.checkpoint import list_checkpoints
+from utils.checkpoint import content_checksum, list_checkpoints
 from utils.distributed import DistributedContext
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -46,6 +46,7 @@ def test_adaptive_halting_under_compile(checkpoint, tmp_path):
     state = torch.load(checkpoint, weights_only=True)
     state["model"]["model.inner.q_head.weight"].zero_()
     state["model"]["model.inner.q_head.bias"] = torch.tensor([5.0, -5.0])
+    state["checksum"] = content_checksum({key: value for key, value in state.items() if key != "checksum"})
     torch.save(state, tmp_path / "step_6.pt")
     metrics = evaluate.run_evaluation(evaluate.EvalConfig(checkpoint=str(tmp_path / "step_6.pt"), save_outputs=[], segments=8,
                                                           adaptive_halting=True), gpu())

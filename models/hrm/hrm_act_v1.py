@@ -7,7 +7,7 @@ one-step gradient approximation). The ACT wrapper carries (z_H, z_L) across call
 sequence when to stop, with a Q-head trained to predict whether the answer is already right.
 """
 
-from typing import List, Literal, Optional, Tuple, Union
+from typing import ClassVar, List, Literal, Optional, Tuple, Union
 
 import torch
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
@@ -24,6 +24,7 @@ FUSED_KERNEL_CHOICES = ("block", "swiglu", "mlp", "mlp_t_padded", "mlp_t_left")
 
 class HierarchicalReasoningModel_ACTV1Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    model_name: ClassVar[str] = "HRM"  # in messages
 
     batch_size: int
     seq_len: int
@@ -87,11 +88,11 @@ class HierarchicalReasoningModel_ACTV1Config(BaseModel):
         return self
 
     @classmethod
-    def from_dict(cls, config_dict: dict) -> "HierarchicalReasoningModel_ACTV1Config":
+    def from_dict(cls, config_dict: dict):
         unknown = sorted(set(config_dict) - set(cls.model_fields))
         if unknown:
             raise ValueError(
-                f"Unknown HRM config keys: {', '.join(unknown)}. Valid keys are {', '.join(cls.model_fields)}; "
+                f"Unknown {cls.model_name} config keys: {', '.join(unknown)}. Valid keys are {', '.join(cls.model_fields)}; "
                 "remove the unknown ones or fix their spelling (in config/arch/*.yaml or the arch.* overrides)."
             )
         return cls(**config_dict)

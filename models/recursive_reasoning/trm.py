@@ -11,7 +11,7 @@ Built on HRM's parts: its layers (models/layers.py), its reasoning-module stack 
 shared embeddings, heads and carry (models/recurrent_inner.py) and the shared ACT wrapper.
 """
 
-from typing import Literal, Optional, Tuple
+from typing import ClassVar, Literal, Optional, Tuple
 
 import torch
 from pydantic import field_validator, model_validator
@@ -25,6 +25,8 @@ from models.recurrent_inner import InnerCarry, RecurrentInner
 
 class TinyRecursiveReasoningModel_ACTV1Config(HierarchicalReasoningModel_ACTV1Config):
     """HRM's keys with TRM's meanings and defaults, plus mlp_t and puzzle_emb_len."""
+
+    model_name: ClassVar[str] = "TRM"
 
     H_layers: int = 0  # ignored: TRM has one network, of L_layers blocks
     pos_encodings: Literal["rope", "learned", "none"]
@@ -59,16 +61,6 @@ class TinyRecursiveReasoningModel_ACTV1Config(HierarchicalReasoningModel_ACTV1Co
     def puzzle_positions(self) -> int:
         """P: the positions in front of the tokens."""
         return self.puzzle_emb_len or -(self.puzzle_emb_ndim // -self.hidden_size)
-
-    @classmethod
-    def from_dict(cls, config_dict: dict) -> "TinyRecursiveReasoningModel_ACTV1Config":
-        unknown = sorted(set(config_dict) - set(cls.model_fields))
-        if unknown:
-            raise ValueError(
-                f"Unknown TRM config keys: {', '.join(unknown)}. Valid keys are {', '.join(cls.model_fields)}; "
-                "remove the unknown ones or fix their spelling (in config/arch/*.yaml or the arch.* overrides)."
-            )
-        return cls(**config_dict)
 
 
 # The carries under the original's names.

@@ -2,7 +2,6 @@
 counts, and a tiny CPU run end to end."""
 
 import json
-import os
 import subprocess
 import sys
 

@@ -9,7 +9,7 @@ import torch
 from models.losses import ACTLossHead
 from models.recursive_reasoning.trm import TinyRecursiveReasoningModel_ACTV1
 from models.state_dict import load_model_state_dict
-from tests.test_model_reference import GRAD_TOL, OUTPUT_TOL, relative_error
+from tests.test_model_reference import GRAD_TOL, OUTPUT_TOL, assert_close, assert_compiled_training_call_matches, relative_error
 
 CASES = ("att", "mlp")
 
@@ -39,13 +39,6 @@ def evaluation_outputs(head: ACTLossHead, reference) -> list:
             carry, loss, metrics, outputs, all_halted = head(carry=carry, batch=reference["batch"], return_keys=list(expected["outputs"]))
             results.append((loss, metrics, outputs, all_halted, carry.steps))
     return results
-
-
-def assert_close(ours: dict, reference: dict, what: str, tolerance: float = OUTPUT_TOL) -> None:
-    assert set(ours) >= set(reference), f"{what}: missing {set(reference) - set(ours)}"
-    for key, value in reference.items():
-        error = relative_error(ours[key], value)
-        assert error <= tolerance, f"{what}[{key}] relative error {error:.3g} (tolerance {tolerance:.3g})"
 
 
 def test_names_the_original_model(reference):
@@ -154,21 +147,6 @@ def test_evaluation_tolerance_is_widened_only_where_rounding_dominates():
 
 
 def test_compiled_model_matches_reference():
-    # One training call through torch.compile without graph breaks ("aot_eager": traced, no codegen).
     # The mlp case: attention's ops are HRM's, compiled in test_model_reference.py.
     reference = torch.load(fixture_path("mlp"))
-    head = build_loss_head(reference).train()
-    compiled = torch.compile(head, backend="aot_eager", fullgraph=True)
-    batch = reference["batch"]
-    expected = reference["train"][0]
-
-    carry, loss, metrics, outputs, _ = compiled(carry=head.initial_carry(batch), batch=batch, return_keys=list(expected["outputs"]))
-    loss.backward()
-
-    assert relative_error(loss, expected["loss"]) <= OUTPUT_TOL
-    assert_close(metrics, expected["metrics"], "compiled metrics")
-    assert_close(outputs, expected["outputs"], "compiled outputs")
-    assert torch.equal(carry.halted, expected["halted"])
-    for name, p in head.named_parameters():
-        assert relative_error(p.grad, expected["grads"][name]) <= GRAD_TOL, name
-    assert relative_error(head.model.puzzle_emb.local_weights.grad, expected["puzzle_emb_grad"]) <= GRAD_TOL
+    assert_compiled_training_call_matches(build_loss_head(reference).train(), reference)

@@ -9,7 +9,7 @@ import difflib
 import glob
 import os
 import re
-from typing import Any, Dict, List, Literal, Optional
+from typing import List, Literal, Optional
 
 import coolname
 import yaml

@@ -26,19 +26,22 @@ def write_csv_slice(source_csv: str, destination_csv: str, rows: int) -> None:
             writer.writerow(row)
 
 
-def build_tiny_sudoku(folder: str, train_rows: int = 96, test_rows: int = 40, max_blanks: int = 4) -> str:
-    """A small dataset from the first rows of the shipped real puzzles, built by our own builder."""
+def build_from_sample(builder: str, sample: str, folder: str, name: str, rows: tuple, flags: tuple = ()) -> str:
+    """A small dataset `folder/name` built by dataset/`builder` from the first (train, test) `rows` of a shipped sample."""
     source = os.path.join(folder, "source")
     os.makedirs(source, exist_ok=True)
-    for split, rows in (("train", train_rows), ("test", test_rows)):
-        write_csv_slice(os.path.join(SUDOKU_SAMPLE, f"{split}.csv"), os.path.join(source, f"{split}.csv"), rows)
-    output = os.path.join(folder, "sudoku-tiny")
-    subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, "dataset", "build_sudoku_dataset.py"), "--source-repo", source,
-         "--output-dir", output, "--num-aug", "1", "--max-blanks", str(max_blanks)],
-        check=True, cwd=REPO_ROOT, capture_output=True,
-    )
+    for split, count in zip(("train", "test"), rows):
+        write_csv_slice(os.path.join(sample, f"{split}.csv"), os.path.join(source, f"{split}.csv"), count)
+    output = os.path.join(folder, name)
+    subprocess.run([sys.executable, os.path.join(REPO_ROOT, "dataset", builder), "--source-repo", source, "--output-dir", output, *flags],
+                   check=True, cwd=REPO_ROOT, capture_output=True)
     return output
+
+
+def build_tiny_sudoku(folder: str, train_rows: int = 96, test_rows: int = 40, max_blanks: int = 4) -> str:
+    """A small dataset from the first rows of the shipped real puzzles, built by our own builder."""
+    return build_from_sample("build_sudoku_dataset.py", SUDOKU_SAMPLE, folder, "sudoku-tiny", (train_rows, test_rows),
+                             ("--num-aug", "1", "--max-blanks", str(max_blanks)))
 
 
 def tiny_overrides(data_path: str, checkpoint_path: str, **extra) -> list:
@@ -96,16 +99,7 @@ ARC_EXAMPLE = os.path.join(REPO_ROOT, "tests", "data", "arc_example", "data")
 
 def build_tiny_maze(folder: str, train_rows: int = 16, test_rows: int = 4) -> str:
     """A small 30x30 maze dataset from the first rows of the shipped real mazes, built by our own builder."""
-    source = os.path.join(folder, "source")
-    os.makedirs(source, exist_ok=True)
-    for split, rows in (("train", train_rows), ("test", test_rows)):
-        write_csv_slice(os.path.join(MAZE_SAMPLE, f"{split}.csv"), os.path.join(source, f"{split}.csv"), rows)
-    output = os.path.join(folder, "maze-tiny")
-    subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, "dataset", "build_maze_dataset.py"), "--source-repo", source, "--output-dir", output],
-        check=True, cwd=REPO_ROOT, capture_output=True,
-    )
-    return output
+    return build_from_sample("build_maze_dataset.py", MAZE_SAMPLE, folder, "maze-tiny", (train_rows, test_rows))
 
 
 def save_untrained_run(folder: str, metadata, **overrides) -> str:

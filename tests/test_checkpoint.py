@@ -276,13 +276,18 @@ def test_a_full_disk_stops_the_save_with_the_sizes_and_keeps_the_previous_checkp
     else:
         monkeypatch.setattr(os, "fsync", fsync_on_a_full_disk)
 
+    # The free space the message reports, fixed: other processes may write to this disk meanwhile.
+    usage = shutil.disk_usage(tmp_path)
+    free = 12_345_678
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: type(usage)(usage.total, usage.total - free, free))
+
     path = str(tmp_path / "step_2.pt")
     with pytest.raises(DiskFullError) as raised:
         write_checkpoint(full_checkpoint(), path)
     monkeypatch.undo()
     assert str(raised.value) == (
         f"no space left on the disk for {path}: it needs {byte_count(saved_size(full_checkpoint()))} and "
-        f"{byte_count(shutil.disk_usage(tmp_path).free)} are free there. Nothing was left half-written. Free some space (or "
+        f"{byte_count(free)} are free there. Nothing was left half-written. Free some space (or "
         f"write to another disk), then run again. The newest checkpoint, {previous}, is complete and finite: resume=true continues from it."
     )
     assert os.listdir(tmp_path) == ["step_1.pt"]

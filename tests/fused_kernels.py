@@ -22,17 +22,27 @@ CONFIG = dict(
 )  # fmt: skip
 
 
-def same_heads(config: dict):
+def same_heads(config: dict, model_class=HierarchicalReasoningModel_ACTV1):
     """Two loss heads with identical weights, their Q heads non-trivial so that halting decisions
     depend on the computation; the first is the one to apply fused kernels to."""
     torch.manual_seed(0)
-    first = ACTLossHead(HierarchicalReasoningModel_ACTV1(config), "stablemax_cross_entropy")
-    second = ACTLossHead(HierarchicalReasoningModel_ACTV1(config), "stablemax_cross_entropy")
+    first = ACTLossHead(model_class(config), "stablemax_cross_entropy")
+    second = ACTLossHead(model_class(config), "stablemax_cross_entropy")
     second.load_state_dict(first.state_dict())
     with torch.no_grad():
         for head in (first, second):
             head.model.inner.q_head.weight.copy_(torch.linspace(-0.5, 0.5, head.model.inner.q_head.weight.numel()).view(2, -1))
     return first, second
+
+
+def one_training_call(head: ACTLossHead, step_fn, batch: dict) -> list:
+    """One training call of `step_fn` (the head, or it compiled) from a fresh carry, with its backward:
+    [(loss, outputs, halted, z_H, gradients)], as test_model_act.assert_training_calls_match reads."""
+    torch.manual_seed(1)
+    carry, loss, _, outputs, _ = step_fn(carry=head.initial_carry(batch), batch=batch, return_keys=["logits", "q_halt_logits"])
+    loss.backward()
+    grads = {name: parameter.grad for name, parameter in head.named_parameters() if parameter.grad is not None}
+    return [(loss.detach(), outputs, carry.halted, carry.inner_carry.z_H, grads)]
 
 
 def _counting(calls: list, function):

@@ -19,7 +19,7 @@ import torch
 import pretrain
 from benchmarks.train_step import SHAPES, main, parse_variant, shape_metadata
 from models.fused import FAMILIES, apply_fused_kernels, block, fused_kernels_in_use, mlp
-from tests.fused_kernels import CONFIG, apply_on_cpu, same_heads, use_reference_kernels
+from tests.fused_kernels import CONFIG, apply_on_cpu, one_training_call, same_heads, use_reference_kernels
 from tests.test_model_act import SMALL, assert_training_calls_match, make_batch, training_calls
 from utils.config import load_config
 from utils.distributed import DistributedContext
@@ -120,16 +120,9 @@ def test_the_fused_model_compiles_to_one_graph_and_computes_the_same(monkeypatch
     apply_on_cpu(fused, calls)
     batch = make_batch(config)
 
-    def one_call(head, step_fn) -> list:
-        torch.manual_seed(1)
-        carry, loss, _, outputs, _ = step_fn(carry=head.initial_carry(batch), batch=batch, return_keys=["logits", "q_halt_logits"])
-        loss.backward()
-        grads = {name: parameter.grad for name, parameter in head.named_parameters() if parameter.grad is not None}
-        return [(loss.detach(), outputs, carry.halted, carry.inner_carry.z_H, grads)]
-
-    compiled_calls = one_call(fused, torch.compile(fused.train(), backend="aot_eager", fullgraph=True))
+    compiled_calls = one_training_call(fused, torch.compile(fused.train(), backend="aot_eager", fullgraph=True), batch)
     assert len(calls["block"]) == 3 + 1 + 4 + 2 and len(calls["mlp"]) == 2
-    assert_training_calls_match(compiled_calls, one_call(plain, plain.train()))
+    assert_training_calls_match(compiled_calls, one_training_call(plain, plain.train(), batch))
 
 
 def build_tiny_loss_head(fused_kernels: bool):

@@ -14,9 +14,8 @@ import pretrain
 from benchmarks.train_step import ARCHS, SHAPES, shape_metadata
 from models.fused import FAMILIES, MLP_T_LAYOUTS, apply_fused_kernels, block, fused_kernels_in_use, mlp, mlp_t
 from models.hrm.hrm_act_v1 import FUSED_KERNEL_CHOICES
-from models.losses import ACTLossHead
 from models.recursive_reasoning.trm import TinyRecursiveReasoningModel_ACTV1
-from tests.fused_kernels import apply_on_cpu, use_reference_kernels
+from tests.fused_kernels import apply_on_cpu, one_training_call, same_heads as same_model_heads, use_reference_kernels
 from tests.test_model_act import assert_training_calls_match, make_batch, training_calls
 from tests.test_model_reference import relative_error
 from utils.config import ConfigError, load_config
@@ -36,14 +35,7 @@ def same_heads(**overrides):
     """Two TRM loss heads with identical weights and a non-trivial Q head (halting depends on the
     computation); the first is the one to change."""
     config = {**CONFIG, **overrides}
-    torch.manual_seed(0)
-    first = ACTLossHead(TinyRecursiveReasoningModel_ACTV1(config), "stablemax_cross_entropy")
-    second = ACTLossHead(TinyRecursiveReasoningModel_ACTV1(config), "stablemax_cross_entropy")
-    second.load_state_dict(first.state_dict())
-    with torch.no_grad():
-        for head in (first, second):
-            head.model.inner.q_head.weight.copy_(torch.linspace(-0.5, 0.5, head.model.inner.q_head.weight.numel()).view(2, -1))
-    return first, second, make_batch(config)
+    return (*same_model_heads(config, TinyRecursiveReasoningModel_ACTV1), make_batch(config))
 
 
 def assert_training_calls_close(calls: list, reference_calls: list, tolerance: float = 1e-4) -> None:
@@ -169,15 +161,8 @@ def test_trm_with_levers_compiles_to_one_graph_and_computes_the_same(monkeypatch
     changed, plain, batch = same_heads(**overrides)
     apply_on_cpu(changed, calls, families)
 
-    def one_call(head, step_fn) -> list:
-        torch.manual_seed(1)
-        carry, loss, _, outputs, _ = step_fn(carry=head.initial_carry(batch), batch=batch, return_keys=["logits", "q_halt_logits"])
-        loss.backward()
-        grads = {name: parameter.grad for name, parameter in head.named_parameters() if parameter.grad is not None}
-        return [(loss.detach(), outputs, carry.halted, carry.inner_carry.z_H, grads)]
-
-    compiled_calls = one_call(changed, torch.compile(changed.train(), backend="aot_eager", fullgraph=True))
-    assert_training_calls_match(compiled_calls, one_call(plain, plain.train()))
+    compiled_calls = one_training_call(changed, torch.compile(changed.train(), backend="aot_eager", fullgraph=True), batch)
+    assert_training_calls_match(compiled_calls, one_training_call(plain, plain.train(), batch))
 
 
 def pretrain_description(fused_kernels: str) -> str:

@@ -117,13 +117,13 @@ def _link_or_take_over(partial_path: str, path: str, may_wait: bool) -> bool:
         # meanwhile) proves nothing, whoever holds its flock: look again.
         if taken is not None and not _is_the_lock(existing, path):
             return False
-        if may_wait and taken is False and _ended_on_this_host(owner):
+        if may_wait and taken is False and _running_on_this_host(owner) is False:
             # The flock of a lock left by a run that ended is held by another process taking the folder
             # over at this moment: look again once that one has put its own lock in place.
             time.sleep(0.01)
             return False
         # Without locks on this file system, the owner's process is looked for where this host can see it.
-        owner_running = not taken if taken is not None else _running_on_this_host(owner)
+        owner_running = not taken if taken is not None else _running_on_this_host(owner) is True
         if owner_running:
             raise RunFolderError(
                 f"{os.path.dirname(path)} is in use: {_describe(owner)} is running there and holds {path}. "
@@ -149,15 +149,11 @@ def _is_the_lock(descriptor: int, path: str) -> bool:
         return False
 
 
-def _running_on_this_host(owner: Optional[dict]) -> bool:
+def _running_on_this_host(owner: Optional[dict]) -> Optional[bool]:
+    """Whether the lock's process is running, where the lock names a process of this host; else None."""
     if owner is None or owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
-        return False
+        return None
     return process_is_running(owner["pid"])
-
-
-def _ended_on_this_host(owner: Optional[dict]) -> bool:
-    return (owner is not None and owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int)
-            and not process_is_running(owner["pid"]))
 
 
 def _read_owner(descriptor: int) -> Optional[dict]:

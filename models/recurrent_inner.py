@@ -7,6 +7,7 @@ Subclasses build their reasoning modules and define the refinement (`cycles`); t
 embeddings and heads, the initial states, and the carry.
 """
 
+import abc
 import math
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
@@ -26,7 +27,7 @@ class InnerCarry:
     z_L: torch.Tensor
 
 
-class RecurrentInner(nn.Module):
+class RecurrentInner(nn.Module, abc.ABC):
     """Embeddings, heads and initial states of an inner model; subclasses add the reasoning modules.
 
     `config` has the arch keys (hidden_size, vocab_size, seq_len, puzzle_emb_ndim,
@@ -106,11 +107,11 @@ class RecurrentInner(nn.Module):
         flag = reset_flag.view(-1, 1, 1)
         return InnerCarry(z_H=torch.where(flag, self.H_init, carry.z_H), z_L=torch.where(flag, self.L_init, carry.z_L))
 
+    @abc.abstractmethod
     def cycles(
         self, z_H: torch.Tensor, z_L: torch.Tensor, input_embeddings: torch.Tensor, cos_sin: Optional[CosSin]
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """One segment's refinement of (z_H, z_L); the returned states carry the gradient to train."""
-        raise NotImplementedError
 
     def forward(self, carry: InnerCarry, batch: Dict[str, torch.Tensor]) -> Tuple[InnerCarry, torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         cos_sin = self.rotary_emb() if self.config.pos_encodings == "rope" else None

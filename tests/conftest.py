@@ -6,6 +6,14 @@ import subprocess
 
 import pytest
 
+from tests.tiny_runs import build_tiny_sudoku
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """A tiny Sudoku dataset built from the shipped puzzles, once per test module (a module may define its own)."""
+    return build_tiny_sudoku(str(tmp_path_factory.mktemp("data")))
+
 
 @pytest.fixture
 def disk_events(monkeypatch) -> list:

@@ -17,7 +17,6 @@ import pretrain
 from tests.tiny_runs import (
     CPU,
     REPO_ROOT,
-    build_tiny_sudoku,
     final_weights,
     run_script,
     run_torchrun,
@@ -28,11 +27,6 @@ from tests.tiny_runs import (
 from utils.checkpoint import CheckpointError, list_checkpoints
 from utils.config import ConfigError, environment_overrides
 from utils.logging import read_metrics
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return build_tiny_sudoku(str(tmp_path_factory.mktemp("data")))
 
 
 def without_timings(records):

@@ -22,7 +22,6 @@ from models.sparse_embedding import CastedSparseEmbeddingSignSGD_Distributed
 from tests.tiny_runs import (
     CPU,
     REPO_ROOT,
-    build_tiny_sudoku,
     final_weights,
     run_script,
     run_torchrun,
@@ -36,11 +35,6 @@ from utils.files import DiskFullError
 from utils.finite import NonFiniteError, non_finite_paths
 from utils.logging import RunLogger, read_metrics
 from utils.run_lock import LOCK_FILE_NAME, RunFolderError, acquire_run_lock
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return build_tiny_sudoku(str(tmp_path_factory.mktemp("data")))
 
 
 def checkpoint_names(folder) -> list:

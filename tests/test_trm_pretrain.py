@@ -9,7 +9,7 @@ import torch
 import evaluate
 import pretrain
 from tests.test_training import CPU, train_in_process
-from tests.tiny_runs import build_tiny_sudoku, tiny_overrides
+from tests.tiny_runs import tiny_overrides
 from utils.checkpoint import list_checkpoints
 from utils.config import load_config
 from utils.logging import read_metrics
@@ -19,11 +19,6 @@ TRM_DEFAULTS = dict(
     num_heads=8, expansion=4, puzzle_emb_ndim=512, pos_encodings="rope", mlp_t=False, puzzle_emb_len=16,
     no_ACT_continue=True, fused_kernels=False,
 )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return build_tiny_sudoku(str(tmp_path_factory.mktemp("data")))
 
 
 def test_arch_trm_composes_with_trm_defaults():

@@ -16,7 +16,7 @@ from evaluators.arc import ARC, load_predictions, main as arc_command, score, wr
 from models.ema import EMAHelper
 from models.losses import IGNORE_LABEL_ID, ACTLossHead
 from tests.test_training import CPU, assert_same_tensors, final_weights, run_script, train_in_process
-from tests.tiny_runs import REPO_ROOT, build_tiny_sudoku, tiny_overrides
+from tests.tiny_runs import REPO_ROOT, tiny_overrides
 from utils.checkpoint import config_changes, list_checkpoints, with_defaults_of_newer_keys
 from utils.config import ConfigError, load_config
 from utils.logging import read_metrics
@@ -25,11 +25,6 @@ ARC_DATA = os.path.join(REPO_ROOT, "tests", "data", "arc_example", "data")
 EMBEDDING = "model.inner.puzzle_emb.weights"
 # A tiny model on the 17-puzzle ARC example: 9 steps, one evaluation at the end.
 ARC_RUN = {"global_batch_size": 8, "epochs": 8, "eval_interval": 8}
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return build_tiny_sudoku(str(tmp_path_factory.mktemp("data")))
 
 
 def eval_records(folder):

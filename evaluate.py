@@ -200,7 +200,7 @@ def prepare_evaluation(eval_config: EvalConfig, context: DistributedContext) -> 
     if eval_config.data_path is not None:
         settings.update(data_paths=[eval_config.data_path], data_paths_test=[])  # the test split of that folder alone
     config, loader = open_test_split(saved, context, eval_config.eval_batch_size, **settings)
-    tested = ",".join(config.data_paths_test or config.data_paths)
+    tested = ",".join(config.test_data_paths)
     state = load_trained_model(config, loader.metadata, context, eval_config.checkpoint, puzzles=f"the dataset {tested}",
                                data_path=tested, trained_on=",".join(saved.data_paths), ema=eval_config.ema)
     set_evaluation_halting(state.loss_head.model, eval_config.segments, eval_config.adaptive_halting)

@@ -94,7 +94,7 @@ def create_dataloader(config: PretrainConfig, split: str, context: DistributedCo
     return PuzzleDataset(
         PuzzleDatasetConfig(
             seed=config.seed,
-            dataset_paths=config.data_paths_test if split == "test" and config.data_paths_test else config.data_paths,
+            dataset_paths=config.test_data_paths if split == "test" else config.data_paths,
             global_batch_size=config.global_batch_size,
             test_set_mode=test_set_mode,
             epochs_per_iter=epochs_per_iter,
@@ -519,7 +519,7 @@ def run_training(overrides: Sequence[str], context: DistributedContext) -> Optio
     train_loader = create_dataloader(config, "train", context, test_set_mode=False, epochs_per_iter=config.epochs_per_eval)
     eval_loader = create_dataloader(config, "test", context, test_set_mode=True, epochs_per_iter=1)
     check_test_data_fits(train_loader, eval_loader)
-    evaluators = create_evaluators(config, config.data_paths_test or config.data_paths, eval_loader.metadata)
+    evaluators = create_evaluators(config, config.test_data_paths, eval_loader.metadata)
     if config.resume and os.path.exists(os.path.join(config.checkpoint_path, SAVED_CONFIG_NAME)):
         # A resumed run keeps its name (and so its W&B run) unless the command line gives another.
         saved = read_saved_config(config.checkpoint_path)

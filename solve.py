@@ -208,7 +208,7 @@ def read_puzzles(arguments: argparse.Namespace, saved: PretrainConfig, config: P
         if len(sides) > 1:
             raise PuzzleInputError(f"{arguments.maze} holds mazes of several sizes ({', '.join(f'{s}x{s}' for s in sides)}); give one size at a time")
         return PuzzleSet("maze", puzzles, maze_metadata(sides[0], len(puzzles), len(puzzles)), f"a {sides[0]}x{sides[0]} maze")
-    data_path = arguments.data_path or (saved.data_paths_test or saved.data_paths)[0]
+    data_path = arguments.data_path or saved.test_data_paths[0]
     # Opening the test split checks the dataset whole and gives its metadata.
     test_config = config.model_copy(update={"data_paths": [data_path], "data_paths_test": []})
     metadata = create_dataloader(test_config, "test", context, test_set_mode=True, epochs_per_iter=1).metadata

@@ -77,7 +77,7 @@ def benchmark_batch_size(args: argparse.Namespace, saved, batch_size: Optional[i
                                      eval_save_outputs=DEFAULT_SAVE_OUTPUTS,
                                      **({"data_paths": [args.data_path], "data_paths_test": []} if args.data_path else {}))
     batch_size = config.global_batch_size
-    tested = ",".join(config.data_paths_test or config.data_paths)
+    tested = ",".join(config.test_data_paths)
     if args.checkpoint:
         state = load_trained_model(config, loader.metadata, context, args.checkpoint, puzzles=f"the dataset {tested}",
                                    data_path=tested, trained_on=",".join(saved.data_paths))

@@ -178,6 +178,11 @@ class PretrainConfig(StrictModel):
         return self
 
     @property
+    def test_data_paths(self) -> List[str]:
+        """The folders whose test splits are evaluated: data_paths_test, or else those of data_paths."""
+        return self.data_paths_test or self.data_paths
+
+    @property
     def epochs_per_eval(self) -> int:
         return self.eval_interval if self.eval_interval is not None else self.epochs
 

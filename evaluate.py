@@ -186,7 +186,7 @@ def open_test_split(saved: PretrainConfig, context: DistributedContext, batch_si
     if batch_size is None:
         # The default depends on the sequence length, which the opened dataset gives.
         config = evaluation_config(saved, context, default_eval_batch_size(saved, loader.metadata.seq_len, context), **settings)
-        loader = create_dataloader(config, "test", context, test_set_mode=True, epochs_per_iter=1)
+        loader = loader.with_global_batch_size(config.global_batch_size)
     return config, loader
 
 

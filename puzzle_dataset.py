@@ -10,6 +10,7 @@ Unlike TRM, folder k's identifiers are shifted past those of folders 0..k-1, so 
 different folders never share an embedding row.
 """
 
+import copy
 import json
 import math
 import os
@@ -314,6 +315,17 @@ class PuzzleDataset(torch.utils.data.IterableDataset):
             )
         if config.epochs_per_iter < 1:
             raise DatasetError(f"epochs_per_iter={config.epochs_per_iter} must be at least 1")
+
+    def with_global_batch_size(self, global_batch_size: int) -> "PuzzleDataset":
+        """The same opened split in batches of another size, its files not read and checked again."""
+        other = copy.copy(self)
+        other.config = self.config.model_copy(update={"global_batch_size": global_batch_size})
+        other._check_batch_size()
+        if not other.config.test_set_mode:
+            for folder in other._folders:
+                folder._check_a_batch_fits(global_batch_size, other.config.epochs_per_iter)
+        other.local_batch_size = global_batch_size // other.config.num_replicas
+        return other
 
     def metadata_path(self) -> str:
         """The first folder's dataset.json, for messages that name the dataset."""

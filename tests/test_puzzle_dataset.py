@@ -98,6 +98,18 @@ def test_test_pass_covers_every_example_once_with_padded_last_batch(tmp_path):
     assert (last["inputs"][1:] == 0).all() and (last["labels"][1:] == IGNORE_LABEL_ID).all() and (last["puzzle_identifiers"][1:] == 0).all()
 
 
+def test_a_split_in_batches_of_another_size_reads_as_one_opened_with_it(tmp_path):
+    path, _ = write_dataset(tmp_path)
+    opened = make(path, "test", global_batch_size=4, rank=1, num_replicas=2)
+    rebatched, fresh = opened.with_global_batch_size(6), make(path, "test", global_batch_size=6, rank=1, num_replicas=2)
+    assert rebatched.local_batch_size == fresh.local_batch_size == 3 and rebatched.num_test_batches() == fresh.num_test_batches()
+    for (set_a, batch_a, size_a), (set_b, batch_b, size_b) in zip(rebatched, fresh, strict=True):
+        assert (set_a, size_a) == (set_b, size_b) and all(torch.equal(batch_a[key], batch_b[key]) for key in batch_b)
+    assert [size for _, _, size in opened] == [4] * 6 + [1]  # the original is unchanged
+    with pytest.raises(DatasetError, match="global_batch_size=5 must be a positive multiple of the world size 2"):
+        opened.with_global_batch_size(5)
+
+
 @pytest.mark.parametrize("world_size", [2, 4])
 def test_test_pass_rank_slices_together_equal_the_one_rank_batch(tmp_path, world_size):
     path, _ = write_dataset(tmp_path)

@@ -25,7 +25,7 @@ from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequenc
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from utils.files import exchange_paths, process_is_running, sync_folder
+from utils.files import OUT_OF_SPACE_ERRNOS, exchange_paths, process_is_running, sync_folder
 
 # Inverse of each dihedral transform id below: applying DIHEDRAL_INVERSE[t] after t is the identity.
 DIHEDRAL_INVERSE = [0, 3, 2, 1, 4, 5, 6, 7]
@@ -514,8 +514,9 @@ def _replace(staging_dir: str, output_dir: str) -> None:
         shutil.rmtree(retired_dir)
 
 
-class DiskFullError(DatasetError):
-    """A write found the file system full; `needed_bytes` is the size of the file being written."""
+class _NoRoomForFile(Exception):
+    """A write of the build found the file system full; staged_output_dir turns it into a DatasetError
+    that also counts what the build wrote before. `needed_bytes` is the size of the file being written."""
 
     def __init__(self, path: str, needed_bytes: Optional[int]):
         super().__init__(f"no space left on the device writing {path}")
@@ -523,16 +524,13 @@ class DiskFullError(DatasetError):
         self.needed_bytes = needed_bytes
 
 
-_DISK_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
-
-
 @contextlib.contextmanager
 def _naming_a_full_disk(path: str, needed_bytes: int) -> Iterator[None]:
     try:
         yield
     except OSError as error:
-        if error.errno in _DISK_FULL_ERRNOS:
-            raise DiskFullError(path, needed_bytes) from None
+        if error.errno in OUT_OF_SPACE_ERRNOS:
+            raise _NoRoomForFile(path, needed_bytes) from None
         raise
 
 
@@ -545,7 +543,7 @@ def _bytes_in(folder: str, excluding: str) -> int:
     )
 
 
-def _disk_full_message(error: DiskFullError, written_bytes: int, staging_dir: str, output_dir: str) -> str:
+def _disk_full_message(error: _NoRoomForFile, written_bytes: int, staging_dir: str, output_dir: str) -> str:
     """Written after the partial build is removed: the free space then is what the user has."""
     free = shutil.disk_usage(os.path.dirname(output_dir) or ".").free
     relative = os.path.relpath(error.path, staging_dir)
@@ -582,11 +580,11 @@ def staged_output_dir(output_dir: str) -> Iterator[str]:
         _sync_tree(staging_dir)
         check_output_dir(output_dir)  # someone may have written there while we built
     except BaseException as error:
-        if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
-            error = DiskFullError(error.filename or staging_dir, None)
-        written_bytes = _bytes_in(staging_dir, excluding=error.path) if isinstance(error, DiskFullError) else 0
+        if isinstance(error, OSError) and error.errno in OUT_OF_SPACE_ERRNOS:
+            error = _NoRoomForFile(error.filename or staging_dir, None)
+        written_bytes = _bytes_in(staging_dir, excluding=error.path) if isinstance(error, _NoRoomForFile) else 0
         shutil.rmtree(staging_dir, ignore_errors=True)
-        if isinstance(error, DiskFullError):
+        if isinstance(error, _NoRoomForFile):
             raise DatasetError(_disk_full_message(error, written_bytes, staging_dir, output_dir)) from None
         if not isinstance(error, Exception):  # Ctrl-C, SIGTERM
             print(f"removed the partial build {staging_dir}; {output_dir} is left as it was", file=sys.stderr)

@@ -63,19 +63,8 @@ def dead_pid() -> int:
 
 
 @pytest.fixture
-def small_filesystem(tmp_path):
-    """A 1 MiB tmpfs mounted for the test; needs root on Linux."""
-    if not sys.platform.startswith("linux") or os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root on Linux; the simulated full-disk tests cover the rest")
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)], capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
+def small_filesystem(tmpfs):
+    return tmpfs.mount("small", "1m")
 
 
 FULL_DISK_BUILDS = {
@@ -106,12 +95,12 @@ def test_full_disk_stops_the_build_with_one_message_and_keeps_the_previous_datas
     assert snapshot(output) == before
 
 
-def test_a_rebuild_after_freeing_space_works(small_filesystem):
+def test_a_rebuild_after_freeing_space_works(small_filesystem, tmpfs):
     output = small_filesystem / "out"
     build_sudoku(output, subsample_size=100)
     with pytest.raises(DatasetError, match="no space left on the device"):
         build_sudoku(output, subsample_size=None, num_aug=20)
-    subprocess.run(["mount", "-o", "remount,size=8m", str(small_filesystem)], check=True)
+    tmpfs.resize(small_filesystem, "8m")
     build_sudoku(output, subsample_size=None, num_aug=20)
     assert load_field(output, "train", "inputs").shape == (21_000, 81)
     assert os.listdir(small_filesystem) == ["out"]
@@ -445,18 +434,8 @@ def test_a_parent_folder_that_cannot_be_written_is_named(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def read_only_folder(tmp_path):
-    if not sys.platform.startswith("linux") or os.geteuid() != 0:
-        pytest.skip("mounting a read-only tmpfs needs root on Linux; test_a_parent_folder_that_cannot_be_written_is_named simulates it")
-    mount_point = tmp_path / "read-only"
-    mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount_point)], capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
+def read_only_folder(tmpfs):
+    return tmpfs.mount("read-only", "1m", "ro")
 
 
 def run_builder_script(script, *arguments):

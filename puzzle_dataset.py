@@ -138,8 +138,7 @@ class _SplitFolder:
         self.metadata = self._load_metadata()
         self.sets = {set_name: _SetArrays(self.split_dir, set_name) for set_name in self.metadata.sets}
         self.num_puzzles = self._check_arrays()
-        if not config.test_set_mode:
-            self._check_a_batch_fits(config.global_batch_size, config.epochs_per_iter)
+        self.check_batches_fit(config)
         self._check_token_values()
 
     def _load_metadata(self) -> PuzzleDatasetMetadata:
@@ -220,8 +219,12 @@ class _SplitFolder:
             raise _inconsistent(metadata_path, f"mean_puzzle_examples={metadata.mean_puzzle_examples} but the arrays hold {mean_examples}")
         return total_puzzles
 
-    def _check_a_batch_fits(self, global_batch_size: int, epochs_per_iter: int) -> None:
-        """Training drops incomplete batches: refuse a batch size no iteration can ever fill."""
+    def check_batches_fit(self, config: PuzzleDatasetConfig) -> None:
+        """Training drops incomplete batches: refuse a batch size no iteration can ever fill.
+        A test pass pads its last batch instead, so any size fits it."""
+        if config.test_set_mode:
+            return
+        global_batch_size, epochs_per_iter = config.global_batch_size, config.epochs_per_iter
         for set_name, arrays in self.sets.items():
             puzzle_sizes = np.diff(arrays.puzzle_indices)
             largest_per_group = np.maximum.reduceat(puzzle_sizes, arrays.group_indices[:-1]) if arrays.num_groups else puzzle_sizes
@@ -291,8 +294,7 @@ class PuzzleDataset(torch.utils.data.IterableDataset):
         super().__init__()
         self.config = config
         self.split = split
-        self._check_batch_size()
-        self.local_batch_size = config.global_batch_size // config.num_replicas
+        self._use_batch_size()
         self._folders = [_SplitFolder(path, split, config) for path in config.dataset_paths]
         self.metadata = merged_metadata(self._folders)
         # Folder k's identifiers are shifted by the identifiers of the folders before it.
@@ -303,7 +305,8 @@ class PuzzleDataset(torch.utils.data.IterableDataset):
         self._iteration = 0
         self._batch_index = 0
 
-    def _check_batch_size(self) -> None:
+    def _use_batch_size(self) -> None:
+        """Check config's batch size against the world size and take this rank's share of it."""
         config = self.config
         if config.num_replicas < 1 or not 0 <= config.rank < config.num_replicas:
             raise DatasetError(f"rank {config.rank} is not in 0..{config.num_replicas - 1} (num_replicas={config.num_replicas})")
@@ -315,16 +318,15 @@ class PuzzleDataset(torch.utils.data.IterableDataset):
             )
         if config.epochs_per_iter < 1:
             raise DatasetError(f"epochs_per_iter={config.epochs_per_iter} must be at least 1")
+        self.local_batch_size = config.global_batch_size // config.num_replicas
 
     def with_global_batch_size(self, global_batch_size: int) -> "PuzzleDataset":
         """The same opened split in batches of another size, its files not read and checked again."""
         other = copy.copy(self)
         other.config = self.config.model_copy(update={"global_batch_size": global_batch_size})
-        other._check_batch_size()
-        if not other.config.test_set_mode:
-            for folder in other._folders:
-                folder._check_a_batch_fits(global_batch_size, other.config.epochs_per_iter)
-        other.local_batch_size = global_batch_size // other.config.num_replicas
+        other._use_batch_size()
+        for folder in other._folders:
+            folder.check_batches_fit(other.config)
         return other
 
     def metadata_path(self) -> str:
